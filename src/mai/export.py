@@ -1,0 +1,119 @@
+"""`mai export hf` and `mai import hf`: a run directory to and from a transformers checkpoint directory.
+
+Export writes config.json, model.safetensors and tokenizer files that AutoModelForCausalLM and
+AutoTokenizer load. Import reads a transformers directory (config.json + *.safetensors) directly,
+or a GGUF file through transformers (which dequantizes it), into a run directory whose
+checkpoints/step_0000000 holds the weights.
+"""
+
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mai.config import RunConfig, validate_config
+from mai.errors import MaiError
+from mai.model import hf
+from mai.model.transformer import build_model
+from mai.run import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    load_model,
+    read_json,
+    save_model_weights,
+    save_tokenizer,
+    sha256_file,
+)
+from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
+
+
+def export_hf(run: RunDir, out: Path, dtype: str = "float32") -> Path:
+    model, config, tokenizer = load_model(run)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_dtype = getattr(torch, dtype)
+    state = {k: v.to(torch_dtype) for k, v in hf.to_hf(model.state_dict(), config.model).items()}
+    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    atomic_write_json(out / "config.json", hf.hf_config(config.model, tokenizer.bos_id, tokenizer.eos_id, dtype))
+    generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+    atomic_write_json(out / "generation_config.json", generation)
+    save_tokenizer(tokenizer, out)
+    return out
+
+
+def import_hf(source: Path, run: RunDir) -> RunConfig:
+    """Turn a transformers checkpoint directory or GGUF file into a new run directory."""
+    if run.config_path.exists():
+        raise MaiError(f"{run.path} already holds a run; import into a new directory")
+    if not source.exists():
+        raise MaiError(f"{source} does not exist; pass a transformers checkpoint directory or a .gguf file")
+    gguf = _find_gguf(source)
+    hf_config, hf_state, tokenizer = _read_gguf(gguf) if gguf else _read_hf_dir(source)
+    try:
+        model_fields = hf.config_from_hf(hf_config)
+    except (KeyError, ValueError) as e:
+        raise MaiError(f"{source}: cannot import ({e})") from None
+    config = validate_config({"preset": f"import:{source.name}", "model": model_fields})
+    try:
+        state = hf.from_hf(hf_state, config.model)
+    except ValueError as e:
+        raise MaiError(f"{source}: weights do not match its config ({e})") from None
+
+    model = build_model(config.model)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, run.path)
+    run.write_config(config)
+    checkpoint = run.checkpoint_dir(0)
+    if checkpoint.exists():
+        shutil.rmtree(checkpoint)
+    checkpoint.mkdir(parents=True)
+    meta = save_model_weights(checkpoint, model, config.model, sha256_file(run.tokenizer_path))
+    atomic_write_json(checkpoint / "meta.json", meta | {"step": 0, "imported_from": str(source)})
+    atomic_write_text(run.checkpoints_dir / "latest", checkpoint.name + "\n")
+    return config
+
+
+def _find_gguf(source: Path) -> Path | None:
+    if source.is_file():
+        if source.suffix != ".gguf":
+            raise MaiError(
+                f"{source} is a file but not .gguf; pass a transformers checkpoint directory or a .gguf file"
+            )
+        return source
+    ggufs = sorted(source.glob("*.gguf"))
+    if not ggufs and not (source / "config.json").is_file():
+        raise MaiError(f"{source} has neither config.json nor a .gguf file")
+    return ggufs[0] if ggufs and not (source / "config.json").is_file() else None
+
+
+def _read_hf_dir(source: Path):
+    config = read_json(source / "config.json")
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise MaiError(f"{source} has no *.safetensors weights (PyTorch .bin files are not read, for safety)")
+    state = {}
+    for path in files:
+        state |= load_file(path)
+    if not (source / "tokenizer.json").is_file():
+        raise MaiError(f"{source} has no tokenizer.json")
+    return config, state, Tokenizer.load(source / "tokenizer.json")
+
+
+def _read_gguf(path: Path):
+    """Dequantize a GGUF file with transformers (needs the gguf package) into a config, weights and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except (OSError, ValueError, ImportError) as e:
+        raise MaiError(f"{path}: transformers cannot read this GGUF file ({e})") from None
+    tokenizer = Tokenizer(
+        hf_tokenizer.backend_tokenizer,
+        hf_tokenizer.bos_token,
+        hf_tokenizer.eos_token,
+        hf_tokenizer.chat_template or CHAT_TEMPLATE,
+    )
+    return model.config.to_dict(), model.state_dict(), tokenizer

@@ -1,0 +1,50 @@
+"""Model size facts computed on the meta device: parameters by component, FLOPs per token, memory."""
+
+import torch
+
+from mai.config import ModelConfig
+from mai.model.transformer import Transformer
+
+COMPONENTS = {
+    "embedding": ("tok_embeddings.",),
+    "attention": (".attention.wqkv.", ".attention.wo.", ".q_norm.", ".k_norm."),
+    "mlp": (".feed_forward.",),
+    "norms": ("_norm.weight", "norm.weight"),
+    "output": ("output.",),
+}
+
+
+def model_info(config: ModelConfig, seq_len: int | None = None) -> dict:
+    """Parameter counts and costs of `config`, without allocating its weights."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    breakdown = dict.fromkeys(COMPONENTS, 0)
+    for name, param in model.named_parameters():
+        breakdown[_component(name)] += param.numel()
+    params = sum(breakdown.values())
+    seq_len = seq_len or config.max_seq_len
+    # Training FLOPs per token, as in PaLM (appendix B): 6 per weight that multiplies an activation
+    # (the embedding lookup does not) plus 12·layers·d_model·seq_len for attention scores and values.
+    matmul_params = params - breakdown["embedding"] - breakdown["norms"]
+    if config.tie_embeddings:
+        matmul_params += breakdown["embedding"]
+    attention_flops = 12 * config.n_layers * config.n_heads * config.head_dim * seq_len
+    return {
+        "params": params,
+        "breakdown": breakdown,
+        "matmul_params": matmul_params,
+        "seq_len": seq_len,
+        "flops_per_token": 6 * matmul_params + attention_flops,
+        "forward_flops_per_token": 2 * matmul_params + attention_flops // 3,
+        "memory_bf16_weights_bytes": 2 * params,
+        # bf16 weights + fp32 master copy, gradient and two Adam moments: 2 + 4 + 4 + 8 bytes.
+        "memory_training_bytes": 18 * params,
+        "kv_cache_bytes_per_token_bf16": 2 * 2 * config.n_layers * config.kv_heads * config.head_dim,
+    }
+
+
+def _component(name: str) -> str:
+    for component, patterns in COMPONENTS.items():
+        if any(p in name for p in patterns):
+            return component
+    raise AssertionError(f"parameter {name} belongs to no component")

@@ -1,0 +1,187 @@
+"""The whole model: a decoder-only Llama-family transformer in plain PyTorch.
+
+RMSNorm, rotary position embeddings (the "rotate half" layout transformers uses, so weights map
+one to one), grouped-query attention through scaled_dot_product_attention, SwiGLU, optional
+QK-norm, tied or untied embeddings, and a static KV cache for decoding. Parallelism, compile and
+precision are applied from outside; nothing here knows about devices or distributed training.
+
+Shape letters: B batch, T sequence (new tokens), S cached + new tokens, D d_model,
+H query heads, K key/value heads, E head_dim, F ffn hidden, V vocab.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mai.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (max_len, head_dim), each frequency repeated for both halves."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (max_len, E/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (max_len, E)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, E) by position; cos/sin are (T, E)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of every layer for up to max_len positions; `length` positions are filled."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        # One matmul for q, k and v (as Phi-3's qkv_proj); hf.py splits it for transformers.
+        self.wqkv = nn.Linear(config.d_model, (self.n_heads + 2 * self.n_kv_heads) * self.head_dim, bias=False)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x)  # (B, T, (H + 2K)·E)
+        q, k, v = qkv.split([H * E, K * E, K * E], dim=-1)
+        q = q.view(B, T, H, E).transpose(1, 2)  # (B, H, T, E)
+        k = k.view(B, T, K, E).transpose(1, 2)  # (B, K, T, E)
+        v = v.view(B, T, K, E).transpose(1, 2)  # (B, K, T, E)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+        else:
+            start, end = cache.length, cache.length + T
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, K, S, E)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(start, T, q.device), enable_gqa=K != H)
+        y = y.transpose(1, 2).reshape(B, T, H * E)  # (B, T, D)
+        return self.wo(y)
+
+
+def causal_mask(start: int, length: int, device) -> torch.Tensor | None:
+    """Boolean (T, S) mask letting new token i see cached positions and new tokens ≤ i; None when T == 1."""
+    if length == 1:
+        return None
+    rows = torch.arange(start, start + length, device=device)[:, None]
+    cols = torch.arange(start + length, device=device)[None, :]
+    return cols <= rows
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(x·w1) * x·w3), with w1 and w3 in one matmul (as Phi-3's gate_up_proj)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.hidden_dim = config.hidden_dim
+        self.w13 = nn.Linear(config.d_model, 2 * self.hidden_dim, bias=False)
+        self.w2 = nn.Linear(self.hidden_dim, config.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.w13(x).chunk(2, dim=-1)  # (B, T, F) each
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x, cos, sin, cache=None, layer=0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.output = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length."""
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, E)
+        x = self.tok_embeddings(tokens)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.norm(x)
+        head = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(x, head)  # (B, T, V)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every parameter (call after `to_empty` when built on the meta device).
+
+        - token embedding, wqkv, w13 and an untied output head: normal(0, init_std)
+        - attention and MLP output projections (wo, w2): normal(0, init_std / sqrt(2·n_layers)),
+          GPT-2's scaling so the residual stream's variance does not grow with depth
+        - RMSNorm weights (including QK-norm): ones
+        - RoPE tables are recomputed, since `to_empty` leaves buffers uninitialised
+        """
+        generator = torch.Generator(device=self.tok_embeddings.weight.device)
+        generator.manual_seed(0 if seed is None else seed)
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith(("wo.weight", "w2.weight")):
+                param.normal_(0.0, residual_std, generator=generator)
+            elif param.ndim == 2:
+                param.normal_(0.0, std, generator=generator)
+            else:
+                param.fill_(1.0)
+        cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len, self.config.rope_theta)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+
+
+def build_model(config: ModelConfig, seed: int = 0, device: str | torch.device = "cpu") -> Transformer:
+    """Build on the meta device, materialise on `device`, then run init_weights."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device=device)
+    model.init_weights(seed)
+    return model

@@ -1,0 +1,67 @@
+"""`mai run`: every stage in order, skipping those whose outputs are complete, so a rerun resumes."""
+
+from rich.console import Console
+
+from mai.config import RunConfig, apply_overrides
+from mai.data.prepare import prepare_data
+from mai.errors import MaiError
+from mai.report import write_report
+from mai.run import RunDir, read_json
+from mai.sample import write_samples
+from mai.train.loop import train
+
+console = Console(stderr=True)
+
+
+def init_run(run: RunDir, config: RunConfig) -> None:
+    """Write config.toml; an existing run must have been created with the same config."""
+    if run.config_path.is_file():
+        existing = run.read_config()
+        if existing != config:
+            raise MaiError(
+                f"{run.path} was created with a different config; use a new run directory, "
+                f"or compare {run.config_path} with `mai config show`"
+            )
+        return
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(config)
+
+
+def update_run_config(run: RunDir, overrides: list[str]) -> RunConfig:
+    """Apply overrides to a run's config.toml; the model may not change once a checkpoint exists."""
+    config = apply_overrides(run.read_config(), overrides)
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is not None and read_json(checkpoint / "meta.json")["model"] != config.model.model_dump():
+        raise MaiError(
+            f"{run.path} has {checkpoint.name} of a different model; model settings cannot change on resume, "
+            "start a new run directory instead"
+        )
+    run.write_config(config)
+    return config
+
+
+def run_all(run: RunDir, config: RunConfig) -> None:
+    init_run(run, config)
+    if _data_is_complete(run):
+        console.print("data: complete, skipped")
+    else:
+        manifest = prepare_data(run, config)
+        console.print(f"data: {manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} val tokens")
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is not None and read_json(checkpoint / "meta.json")["step"] >= config.train.steps:
+        console.print(f"train: {checkpoint.name} is final, skipped")
+    else:
+        train(run, resume=True)
+    samples = read_json(run.samples_path) if run.samples_path.is_file() else None
+    if samples is None or samples["checkpoint"] != run.latest_checkpoint().name:
+        write_samples(run)
+    write_report(run)
+    console.print(f"report: {run.report_path}")
+
+
+def _data_is_complete(run: RunDir) -> bool:
+    if not run.manifest_path.is_file():
+        return False
+    run.read_tokens("train")  # verifies every checksum: a corrupt shard is an error, not a silent redo
+    run.read_tokens("val")
+    return True

@@ -1,0 +1,88 @@
+"""report.md and PNG plots, rendered only from what the stages wrote into the run directory."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mai.config import config_to_toml  # noqa: E402
+from mai.run import RunDir, atomic_write_text, read_json, read_metrics  # noqa: E402
+
+PLOTS = {  # file → (title, y label, metric keys)
+    "loss.png": ("Loss", "nats / token", ("loss", "val_loss")),
+    "lr.png": ("Learning rate", "lr", ("lr",)),
+    "throughput.png": ("Throughput", "tokens / s", ("tokens_per_s",)),
+}
+
+
+def write_report(run: RunDir) -> str:
+    config = run.read_config()
+    metrics = read_metrics(run)
+    for name, (title, ylabel, keys) in PLOTS.items():
+        plot_metrics(metrics, keys, title, ylabel, run.path / name)
+    sections = [f"# Run report: {run.path.name}", _summary(metrics)]
+    if run.manifest_path.is_file():
+        sections.append(_data_section(read_json(run.manifest_path)))
+    sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
+    if run.samples_path.is_file():
+        sections.append(_samples_section(read_json(run.samples_path)))
+    sections.append(f"## Config\n\n```toml\n{config_to_toml(config)}```")
+    text = "\n\n".join(sections) + "\n"
+    atomic_write_text(run.report_path, text)
+    return text
+
+
+def plot_metrics(metrics: list[dict], keys: tuple[str, ...], title: str, ylabel: str, path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for key in keys:
+        points = [(m["step"], m[key]) for m in metrics if key in m]
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="o" if key.startswith("val") else None, markersize=3, label=key)
+    ax.set(title=title, xlabel="step", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _summary(metrics: list[dict]) -> str:
+    evals = [m for m in metrics if "val_bpb" in m]
+    if not evals:
+        return "## Summary\n\nNo training metrics yet."
+    first, last = evals[0], evals[-1]
+    change = 100 * (last["val_bpb"] - first["val_bpb"]) / first["val_bpb"]
+    train = [m for m in metrics if "loss" in m]
+    rows = [
+        "| | step | val loss | val bits/byte |",
+        "|---|---:|---:|---:|",
+        f"| first | {first['step']} | {first['val_loss']:.4f} | {first['val_bpb']:.4f} |",
+        f"| final | {last['step']} | {last['val_loss']:.4f} | {last['val_bpb']:.4f} |",
+    ]
+    lines = ["## Summary", "", *rows, "", f"Validation bits per byte changed by {change:+.1f}%."]
+    if train:
+        speed = sorted(m["tokens_per_s"] for m in train)[len(train) // 2]
+        lines.append(f"Median throughput {speed:,.0f} tokens/s; {train[-1]['tokens']:,} tokens seen.")
+    return "\n".join(lines)
+
+
+def _data_section(manifest: dict) -> str:
+    rows = ["| source | documents | MB |", "|---|---:|---:|"]
+    rows += [f"| {name} | {s['documents']} | {s['bytes'] / 1e6:.2f} |" for name, s in manifest["sources"].items()]
+    splits = ["| split | documents | tokens | bytes/token |", "|---|---:|---:|---:|"]
+    splits += [
+        f"| {split} | {s['documents']} | {manifest['tokens'][split]:,} | {manifest['bytes_per_token'][split]:.2f} |"
+        for split, s in manifest["splits"].items()
+    ]
+    return "## Data\n\n" + "\n".join(rows) + "\n\n" + "\n".join(splits)
+
+
+def _samples_section(samples: dict) -> str:
+    parts = [
+        f"## Samples\n\nFrom {samples['checkpoint']}, temperature {samples['temperature']}, top-k {samples['top_k']}."
+    ]
+    for sample in samples["samples"]:
+        parts.append(f"**{sample['prompt']}**\n\n```text\n{sample['text']}\n```")
+    return "\n\n".join(parts)

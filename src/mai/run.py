@@ -1,0 +1,237 @@
+"""The run directory: its paths, atomic writes, checksums, and loading a model and tokenizer from it.
+
+This is the one module that knows the layout every stage shares (see DESIGN.md):
+
+    runs/NAME/config.toml, data/manifest.json, data/shards/, tokenizer.json,
+    checkpoints/step_N/ + checkpoints/latest, metrics.jsonl, samples.json, report.md, *.png
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mai.config import ModelConfig, RunConfig, config_to_toml, validate_config
+from mai.errors import MaiError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise MaiError(f"{path} is missing; rerun the stage that writes it")
+    if sha256_file(path) != expected:
+        raise MaiError(f"{path} is corrupt (sha256 mismatch); delete it and rerun the stage that writes it")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise MaiError(f"{path} is missing; rerun the stage that writes it")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MaiError(f"{path} is corrupt ({e}); delete it and rerun the stage that writes it") from None
+
+
+class RunDir:
+    """Paths of one run directory and the checks made when reading it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.toml")
+    data_dir = property(lambda self: self.path / "data")
+    text_dir = property(lambda self: self.path / "data" / "text")
+    shards_dir = property(lambda self: self.path / "data" / "shards")
+    manifest_path = property(lambda self: self.path / "data" / "manifest.json")
+    tokenizer_path = property(lambda self: self.path / "tokenizer.json")
+    checkpoints_dir = property(lambda self: self.path / "checkpoints")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    samples_path = property(lambda self: self.path / "samples.json")
+    report_path = property(lambda self: self.path / "report.md")
+
+    def require(self) -> "RunDir":
+        if not self.config_path.is_file():
+            if not self.path.exists():
+                raise MaiError(
+                    f"run directory {self.path} does not exist; create it with `mai init {self.path} --preset tiny`"
+                )
+            raise MaiError(f"{self.path} is not a run directory (no config.toml); create one with `mai init`")
+        return self
+
+    def read_config(self) -> RunConfig:
+        self.require()
+        try:
+            data = tomllib.loads(self.config_path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise MaiError(f"{self.config_path}: invalid TOML: {e}") from None
+        return validate_config(data)
+
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_text(self.config_path, config_to_toml(config))
+
+    def read_manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise MaiError(f"{self.path} has no prepared data; run `mai data prepare {self.path}`")
+        return read_json(self.manifest_path)
+
+    def read_tokens(self, split: str) -> np.ndarray:
+        """All token ids of a split, memory-mapped from its shards after checking each sha256."""
+        manifest = self.read_manifest()
+        arrays = []
+        for shard in manifest["shards"]:
+            if shard["split"] == split:
+                path = self.data_dir / shard["path"]
+                verify_sha256(path, shard["sha256"])
+                arrays.append(np.memmap(path, dtype=manifest["dtype"], mode="r"))
+        if not arrays:
+            raise MaiError(f"{self.manifest_path} lists no {split} shards; rerun `mai data prepare {self.path}`")
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / f"step_{step:07d}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint named by checkpoints/latest, or None when training has not saved one."""
+        latest = self.checkpoints_dir / "latest"
+        if not latest.is_file():
+            return None
+        path = self.checkpoints_dir / latest.read_text().strip()
+        if not path.is_dir():
+            raise MaiError(f"{latest} names {path.name}, which is missing; delete {latest} to start over")
+        return path
+
+
+def load_tokenizer(run: RunDir, vocab_size: int | None = None):
+    """The run's tokenizer; with vocab_size, ids beyond the model's embedding are an error."""
+    from mai.tokenizer import Tokenizer
+
+    if not run.tokenizer_path.is_file():
+        raise MaiError(f"{run.path} has no tokenizer.json; run `mai data prepare {run.path}`")
+    tokenizer = Tokenizer.load(run.tokenizer_path)
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise MaiError(
+            f"{run.tokenizer_path} has {tokenizer.vocab_size} tokens but the model has vocab_size {vocab_size}; "
+            "use the tokenizer this model was trained with, or set model.vocab_size to match"
+        )
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json (BOS/EOS, chat template) into `directory`."""
+    atomic_write_text(directory / "tokenizer.json", tokenizer.backend.to_str())
+    atomic_write_json(directory / "tokenizer_config.json", tokenizer.hf_config())
+
+
+def save_model_weights(directory: Path, model, config: ModelConfig, tokenizer_sha256: str | None) -> dict:
+    """Write model.safetensors into `directory`; return the metadata that load_model_weights checks."""
+    from safetensors.torch import save_file
+
+    path = directory / "model.safetensors"
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, path)
+    return {"model": config.model_dump(), "model_sha256": sha256_file(path), "tokenizer_sha256": tokenizer_sha256}
+
+
+def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
+    """Load a checkpoint's weights into `model` after checking config and checksum; return its metadata."""
+    from safetensors.torch import load_file
+
+    meta = read_json(checkpoint / "meta.json")
+    if meta["model"] != config.model_dump():
+        changed = sorted(k for k in meta["model"] if meta["model"][k] != config.model_dump().get(k))
+        raise MaiError(
+            f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
+            "restore the original model settings or start a new run directory"
+        )
+    path = checkpoint / "model.safetensors"
+    verify_sha256(path, meta["model_sha256"])
+    model.load_state_dict(load_file(path))
+    return meta
+
+
+def check_tokenizer_matches(run: RunDir, meta: dict) -> None:
+    """The run's tokenizer.json must be the one the checkpoint was trained with."""
+    expected = meta.get("tokenizer_sha256")
+    if expected and run.tokenizer_path.is_file() and sha256_file(run.tokenizer_path) != expected:
+        raise MaiError(
+            f"{run.tokenizer_path} is not the tokenizer this model was trained with (sha256 differs); "
+            "restore the original tokenizer.json"
+        )
+
+
+def load_model(run: RunDir, device: str = "cpu"):
+    """The latest checkpoint's model (eval mode), its run config and its tokenizer, checked against each other."""
+    from mai.model.transformer import Transformer
+
+    config = run.read_config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise MaiError(f"{run.path} has no checkpoint; train it with `mai train {run.path}`")
+    tokenizer = load_tokenizer(run, config.model.vocab_size)
+    with torch.device("meta"):
+        model = Transformer(config.model)
+    model.to_empty(device=device)
+    model.init_weights()  # fills the non-persistent RoPE tables; the weights are replaced below
+    meta = load_model_weights(checkpoint, model, config.model)
+    check_tokenizer_matches(run, meta)
+    return model.eval(), config, tokenizer
+
+
+def read_metrics(run: RunDir) -> list[dict]:
+    """Every complete metrics.jsonl record; a line torn by a kill mid-write is skipped."""
+    if not run.metrics_path.is_file():
+        return []
+    records = []
+    for line in run.metrics_path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def append_metrics(run: RunDir, record: dict) -> None:
+    with open(run.metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run: RunDir, step: int) -> None:
+    """Drop records logged after `step` by a run that died before its next checkpoint."""
+    kept = [r for r in read_metrics(run) if r["step"] <= step]
+    atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))

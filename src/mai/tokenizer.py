@@ -1,0 +1,147 @@
+"""Byte-level BPE with Hugging Face `tokenizers`: training, special tokens, chat template.
+
+Every string is encoded through its UTF-8 bytes, so encode→decode is lossless for any Unicode
+text. The document-boundary token `<|endoftext|>` is prepended by the tokenizer's own
+post-processor, so transformers' PreTrainedTokenizerFast adds it exactly as we do. Chat turns use
+ChatML (`<|im_start|>role\\n...<|im_end|>`).
+"""
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+from mai.errors import MaiError
+
+BOS = "<|endoftext|>"
+IM_START, IM_END, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
+SPECIAL_TOKENS = [BOS, IM_START, IM_END, PAD]
+
+# GPT-4's split pattern: contractions, letter runs, numbers in groups of up to three digits,
+# punctuation runs, and whitespace, so merges never cross these boundaries.
+SPLIT_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class Tokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer` that knows the project's special tokens."""
+
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        bos_token: str | None = BOS,
+        eos_token: str | None = None,
+        chat_template: str = CHAT_TEMPLATE,
+    ):
+        self.backend = backend
+        self.bos_token = bos_token
+        self.eos_token = eos_token or bos_token
+        self.chat_template = chat_template
+
+    @classmethod
+    def load(cls, path: Path) -> "Tokenizer":
+        """Read tokenizer.json and, when present, the BOS/EOS choice in tokenizer_config.json beside it."""
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises bare Exceptions on malformed JSON
+            raise MaiError(f"{path} is not a valid tokenizer.json ({e}); retrain or restore it") from None
+        config_path = path.with_name("tokenizer_config.json")
+        if not config_path.is_file():
+            return cls(backend)
+        config = json.loads(config_path.read_text())
+        return cls(
+            backend,
+            _token_text(config.get("bos_token")),
+            _token_text(config.get("eos_token")),
+            config.get("chat_template") or CHAT_TEMPLATE,
+        )
+
+    def hf_config(self) -> dict:
+        """tokenizer_config.json for transformers' PreTrainedTokenizerFast (BOS comes from the post-processor)."""
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": PAD if self.backend.token_to_id(PAD) is not None else self.eos_token,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000,
+        }
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.backend.token_to_id(self.bos_token) if self.bos_token else None
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.backend.token_to_id(self.eos_token) if self.eos_token else None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text)."""
+        special = {t.content for t in self.backend.get_added_tokens_decoder().values() if t.special}
+        sizes = []
+        for i in range(self.vocab_size):
+            token = self.backend.id_to_token(i)
+            sizes.append(0 if token is None or token in special else len(self.decode([i]).encode()))
+        return sizes
+
+    def bytes_per_token(self, texts: Iterable[str]) -> float:
+        texts = list(texts)
+        tokens = sum(len(ids) for ids in self.encode_batch(texts, add_special_tokens=False))
+        return sum(len(t.encode()) for t in texts) / max(tokens, 1)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Train byte-level BPE to exactly `vocab_size` tokens (special tokens included)."""
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    if backend.get_vocab_size() < vocab_size:
+        raise MaiError(
+            f"the tokenizer sample only supports {backend.get_vocab_size()} tokens, fewer than model.vocab_size "
+            f"{vocab_size}; lower model.vocab_size or raise tokenizer.sample_mb"
+        )
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))]
+    )
+    return Tokenizer(backend)
+
+
+def _token_text(token) -> str | None:
+    """tokenizer_config.json stores a token as a string or as {"content": ...}."""
+    return token.get("content") if isinstance(token, dict) else token

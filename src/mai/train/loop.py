@@ -1,0 +1,182 @@
+"""The training loop: AdamW with warmup and decay, accumulation, clipping, precision, eval, checkpoints.
+
+`train(run)` reads everything from the run directory (config, tokenizer, shards), appends one JSON
+record per logged step to metrics.jsonl, and saves checkpoints that `train(run, resume=True)`
+continues from exactly: same batches, same RNG, same optimizer state, bit-identical weights.
+"""
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mai.config import RunConfig
+from mai.errors import MaiError
+from mai.model.info import model_info
+from mai.model.transformer import build_model
+from mai.run import RunDir, append_metrics, load_tokenizer, truncate_metrics
+from mai.train.batches import WindowSampler, eval_batches
+from mai.train.checkpoint import load_checkpoint, save_checkpoint
+from mai.train.optim import build_optimizer, build_scheduler
+
+console = Console(stderr=True)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' is bf16 autocast on CUDA and on CPUs with native bf16 matmul (AVX512-BF16 or AMX), else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
+    with autocast(device, precision):
+        logits = model(inputs.to(device))
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
+
+
+@torch.no_grad()
+def evaluate(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, device, precision) -> dict:
+    """Mean loss (nats/token) and bits per byte over fixed validation windows.
+
+    Bits per byte divides the summed loss by the UTF-8 bytes of the predicted tokens, so it
+    compares across tokenizers; special tokens (no bytes) are left out of both sums.
+    """
+    model.eval()
+    total_nats, total_bytes, total_loss, total_tokens = 0.0, 0, 0.0, 0
+    for inputs, targets in eval_batches(
+        val_tokens, config.train.seq_len, config.train.batch_size, config.train.eval_batches
+    ):
+        with autocast(device, precision):
+            logits = model(inputs.to(device))
+        targets = targets.to(device)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        nbytes = token_bytes[targets.flatten()]
+        total_nats += losses[nbytes > 0].sum().item()
+        total_bytes += nbytes.sum().item()
+        total_loss += losses.sum().item()
+        total_tokens += losses.numel()
+    model.train()
+    return {"val_loss": total_loss / total_tokens, "val_bpb": total_nats / (math.log(2) * total_bytes)}
+
+
+def train(run: RunDir, resume: bool = False, device: str | None = None) -> dict:
+    """Train the run's model to config.train.steps; return the final record."""
+    config = run.read_config()
+    tc = config.train
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is not None and not resume:
+        raise MaiError(
+            f"{run.path} already has {checkpoint.name}; pass --resume to continue it, or use a new run directory"
+        )
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    precision = resolve_precision(tc.precision, device)
+    tokenizer = load_tokenizer(run, config.model.vocab_size)
+    train_tokens, val_tokens = run.read_tokens("train"), run.read_tokens("val")
+    token_bytes = torch.tensor(
+        tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
+    )
+
+    torch.manual_seed(tc.seed)
+    model = build_model(config.model, seed=tc.seed, device=device)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc)
+    sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed)
+    start_step = 0
+    if checkpoint is not None:
+        meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
+        sampler.load_state_dict(meta["data"])
+        start_step = meta["step"]
+        console.print(f"resuming {run.path} from step {start_step}")
+    truncate_metrics(run, start_step)
+    step_model = torch.compile(model) if tc.compile else model
+
+    info = model_info(config.model, tc.seq_len)
+    tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
+    record: dict = {}
+    if start_step == 0:
+        record = {"step": 0, **evaluate(step_model, val_tokens, token_bytes, config, device, precision)}
+        append_metrics(run, record)
+    if start_step >= tc.steps:
+        return record
+
+    console.print(
+        f"training {info['params'] / 1e6:.2f}M parameters on {device.type} in {precision}, "
+        f"{tokens_per_step} tokens/step, steps {start_step}→{tc.steps}"
+    )
+    columns = [
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=tc.steps, completed=start_step, status="")
+        window_start, window_tokens = time.perf_counter(), 0
+        for step in range(start_step + 1, tc.steps + 1):
+            loss = 0.0
+            for _ in range(tc.grad_accum):
+                inputs, targets = sampler.next_batch()
+                micro_loss = loss_fn(step_model, inputs, targets, device, precision) / tc.grad_accum
+                micro_loss.backward()
+                loss += micro_loss.item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            window_tokens += tokens_per_step
+            if not math.isfinite(loss):
+                raise RuntimeError(f"loss became {loss} at step {step}; lower train.lr or check the data")
+
+            if step % tc.log_every == 0 or step == tc.steps or step % tc.eval_every == 0:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / elapsed
+                record = {
+                    "step": step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": step * tokens_per_step,
+                    "tokens_per_s": tokens_per_s,
+                    "flops_per_s": tokens_per_s * info["flops_per_token"],
+                }
+                if step % tc.eval_every == 0 or step == tc.steps:
+                    record |= evaluate(step_model, val_tokens, token_bytes, config, device, precision)
+                    progress.console.print(
+                        f"step {step}: val_loss {record['val_loss']:.4f}, val_bpb {record['val_bpb']:.4f}"
+                    )
+                append_metrics(run, record)
+                window_start, window_tokens = time.perf_counter(), 0
+                status = f"loss {loss:.3f} · {tokens_per_s:,.0f} tok/s"
+                progress.update(task, status=status)
+            if step % tc.checkpoint_every == 0 or step == tc.steps:
+                save_checkpoint(
+                    run, step, model, optimizer, scheduler, sampler.state_dict(), config, tc.keep_checkpoints
+                )
+            progress.update(task, completed=step)
+    return record

@@ -1,0 +1,38 @@
+"""AdamW with weight decay on matrices only, and the warmup → cosine or warmup-stable-decay schedule."""
+
+import math
+
+import torch
+
+from mai.config import TrainConfig
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """Decay the 2-D weights of linear layers; leave norms and the (possibly tied) embedding alone."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim == 2 and "tok_embeddings" not in name else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8)
+
+
+def lr_multiplier(step: int, config: TrainConfig) -> float:
+    """Fraction of the peak learning rate at `step` (0-based optimizer step)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    floor = config.min_lr_ratio
+    if config.schedule == "cosine":
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    decay_start = config.steps - int(config.decay_fraction * config.steps)
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start) / max(1, config.steps - decay_start)
+    return 1.0 - (1 - floor) * min(progress, 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config))
