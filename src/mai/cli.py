@@ -150,14 +150,12 @@ def train(
     set_: Overrides = None,
 ):
     """Train the run's model; --resume continues exactly where the last checkpoint left off."""
-    from mai.pipeline import update_run_config
+    from mai.config import apply_overrides
     from mai.run import RunDir
     from mai.train.loop import train as train_run
 
     run = RunDir(run_dir).require()
-    if set_:
-        update_run_config(run, set_)
-    record = train_run(run, resume=resume)
+    record = train_run(run, resume=resume, config=apply_overrides(run.read_config(), set_ or []))
     _out(json.dumps(record) + "\n")
 
 

@@ -253,6 +253,8 @@ def _describe_validation_error(error: ValidationError) -> str:
         location = ".".join(str(p) for p in item["loc"]) or "config"
         if item["type"] == "extra_forbidden":
             problems.append(f"unknown config key {location!r}{_valid_keys_hint(item['loc'])}")
+        elif isinstance(item.get("input"), dict):  # a check across fields: the message says it all
+            problems.append(f"{location}: {item['msg'].removeprefix('Value error, ')}")
         else:
             problems.append(f"{location}: {item['msg']} (got {item.get('input')!r})")
     return "invalid config: " + "; ".join(problems)

@@ -2,7 +2,7 @@
 
 from rich.console import Console
 
-from mai.config import RunConfig, apply_overrides
+from mai.config import RunConfig
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
 from mai.report import write_report
@@ -25,19 +25,6 @@ def init_run(run: RunDir, config: RunConfig) -> None:
         return
     run.path.mkdir(parents=True, exist_ok=True)
     run.write_config(config)
-
-
-def update_run_config(run: RunDir, overrides: list[str]) -> RunConfig:
-    """Apply overrides to a run's config.toml; the model may not change once a checkpoint exists."""
-    config = apply_overrides(run.read_config(), overrides)
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is not None and read_json(checkpoint / "meta.json")["model"] != config.model.model_dump():
-        raise MaiError(
-            f"{run.path} has {checkpoint.name} of a different model; model settings cannot change on resume, "
-            "start a new run directory instead"
-        )
-    run.write_config(config)
-    return config
 
 
 def run_all(run: RunDir, config: RunConfig) -> None:

@@ -177,7 +177,7 @@ def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
         changed = sorted(k for k in meta["model"] if meta["model"][k] != config.model_dump().get(k))
         raise MaiError(
             f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
-            "restore the original model settings or start a new run directory"
+            "model settings cannot change on resume: restore them or start a new run directory"
         )
     path = checkpoint / "model.safetensors"
     verify_sha256(path, meta["model_sha256"])
@@ -185,13 +185,12 @@ def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
     return meta
 
 
-def check_tokenizer_matches(run: RunDir, meta: dict) -> None:
-    """The run's tokenizer.json must be the one the checkpoint was trained with."""
-    expected = meta.get("tokenizer_sha256")
-    if expected and run.tokenizer_path.is_file() and sha256_file(run.tokenizer_path) != expected:
+def check_tokenizer_matches(run: RunDir, expected_sha256: str | None, user: str) -> None:
+    """The run's tokenizer.json must be the one `user` (a model, or the shards) was made with."""
+    if expected_sha256 and sha256_file(run.tokenizer_path) != expected_sha256:
         raise MaiError(
-            f"{run.tokenizer_path} is not the tokenizer this model was trained with (sha256 differs); "
-            "restore the original tokenizer.json"
+            f"{run.tokenizer_path} is not the tokenizer {user} (sha256 differs); "
+            "restore the original tokenizer.json, or rerun from `mai data prepare` in a new run directory"
         )
 
 
@@ -209,7 +208,7 @@ def load_model(run: RunDir, device: str = "cpu"):
     model.to_empty(device=device)
     model.init_weights()  # fills the non-persistent RoPE tables; the weights are replaced below
     meta = load_model_weights(checkpoint, model, config.model)
-    check_tokenizer_matches(run, meta)
+    check_tokenizer_matches(run, meta.get("tokenizer_sha256"), "this model was trained with")
     return model.eval(), config, tokenizer
 
 

@@ -19,7 +19,7 @@ from mai.config import RunConfig
 from mai.errors import MaiError
 from mai.model.info import model_info
 from mai.model.transformer import build_model
-from mai.run import RunDir, append_metrics, load_tokenizer, truncate_metrics
+from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, truncate_metrics
 from mai.train.batches import WindowSampler, eval_batches
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
 from mai.train.optim import build_optimizer, build_scheduler
@@ -81,9 +81,13 @@ def evaluate(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, de
     return {"val_loss": total_loss / total_tokens, "val_bpb": total_nats / (math.log(2) * total_bytes)}
 
 
-def train(run: RunDir, resume: bool = False, device: str | None = None) -> dict:
-    """Train the run's model to config.train.steps; return the final record."""
-    config = run.read_config()
+def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None) -> dict:
+    """Train the run's model to config.train.steps; return the final record.
+
+    A `config` differing from config.toml (new overrides) replaces it once every input has been
+    checked, so a rejected run leaves the directory as it was.
+    """
+    config = config or run.read_config()
     tc = config.train
     checkpoint = run.latest_checkpoint()
     if checkpoint is not None and not resume:
@@ -95,6 +99,7 @@ def train(run: RunDir, resume: bool = False, device: str | None = None) -> dict:
         torch.set_num_threads(tc.threads)
     precision = resolve_precision(tc.precision, device)
     tokenizer = load_tokenizer(run, config.model.vocab_size)
+    check_tokenizer_matches(run, run.read_manifest()["tokenizer_sha256"], "the data shards were tokenized with")
     train_tokens, val_tokens = run.read_tokens("train"), run.read_tokens("val")
     token_bytes = torch.tensor(
         tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
@@ -108,9 +113,12 @@ def train(run: RunDir, resume: bool = False, device: str | None = None) -> dict:
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
+        check_tokenizer_matches(run, meta["tokenizer_sha256"], "this model was trained with")
         sampler.load_state_dict(meta["data"])
         start_step = meta["step"]
         console.print(f"resuming {run.path} from step {start_step}")
+    if config != run.read_config():
+        run.write_config(config)
     truncate_metrics(run, start_step)
     step_model = torch.compile(model) if tc.compile else model
 

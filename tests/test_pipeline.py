@@ -1,0 +1,39 @@
+"""`mai run` end to end on a small config: every artefact of the run-directory contract, and reruns resume."""
+
+import json
+
+from conftest import FAST, run_mai
+from mai.run import RunDir
+
+
+def test_run_writes_the_contract_and_a_rerun_skips_finished_stages(tmp_path):
+    path = tmp_path / "demo"
+    args = ["run", "tiny", "--run-dir", str(path)] + [a for o in FAST for a in ("--set", o)]
+    run_mai(*args, "--set", "sample.max_new_tokens=20")
+    run = RunDir(path)
+    for name in [
+        "config.toml",
+        "data/manifest.json",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "samples.json",
+        "report.md",
+        "loss.png",
+        "lr.png",
+        "throughput.png",
+        "checkpoints/latest",
+    ]:
+        assert (path / name).is_file(), name
+    report = run.report_path.read_text()
+    assert "val bits/byte" in report and "## Samples" in report and "shakespeare" in report
+    samples = json.loads(run.samples_path.read_text())["samples"]
+    assert [s["prompt"] for s in samples] == ["ROMEO:", "The king"]
+    assert all(s["text"].startswith(s["prompt"]) for s in samples)
+
+    checkpoint_mtime = run.latest_checkpoint().stat().st_mtime
+    rerun = run_mai(*args, "--set", "sample.max_new_tokens=20")
+    assert "data: complete, skipped" in rerun.stderr and "is final, skipped" in rerun.stderr
+    assert run.latest_checkpoint().stat().st_mtime == checkpoint_mtime
+
+    changed = run_mai(*args, "--set", "sample.max_new_tokens=21", check=False)
+    assert changed.returncode == 2 and "different config" in changed.stderr

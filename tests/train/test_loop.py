@@ -1,0 +1,81 @@
+"""Training behaviour on real data: learning happens, metrics are written, resume is exact."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import MAI, copy_run, run_mai
+from mai.config import apply_overrides
+from mai.run import read_metrics
+
+
+def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
+    records = read_metrics(trained_run)
+    evals = [r for r in records if "val_bpb" in r]
+    assert [r["step"] for r in evals] == [0, 10, 20, 30]
+    assert evals[-1]["val_bpb"] < 0.9 * evals[0]["val_bpb"]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    assert all(r["tokens_per_s"] > 0 and r["lr"] > 0 for r in train_records)
+    assert sorted(p.name for p in trained_run.checkpoints_dir.glob("step_*")) == [
+        "step_0000010",
+        "step_0000020",
+        "step_0000030",
+    ]
+
+
+def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
+    settings = ["train.steps=40", "train.checkpoint_every=20", "train.eval_every=20"]
+    reference = copy_run(prepared_run, tmp_path / "reference")
+    reference.write_config(apply_overrides(reference.read_config(), settings))
+    run_mai("train", str(reference.path))
+
+    killed = copy_run(prepared_run, tmp_path / "killed")
+    killed.write_config(apply_overrides(killed.read_config(), settings))
+    process = subprocess.Popen([MAI, "train", str(killed.path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest, deadline = killed.checkpoints_dir / "latest", time.time() + 300
+    while not (latest.exists() and "step_0000020" in latest.read_text()):
+        assert process.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not killed.checkpoint_dir(40).exists()
+
+    run_mai("train", str(killed.path), "--resume")
+
+    def after_checkpoint(run):
+        timing = ("tokens_per_s", "flops_per_s")
+        return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run) if r["step"] > 20]
+
+    assert after_checkpoint(killed) == after_checkpoint(reference)
+    assert [r["step"] for r in read_metrics(killed)] == [r["step"] for r in read_metrics(reference)]
+    ours = load_file(killed.checkpoint_dir(40) / "model.safetensors")
+    theirs = load_file(reference.checkpoint_dir(40) / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_train_refuses_to_overwrite_without_resume(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    result = run_mai("train", str(run.path), check=False)
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def test_resume_at_final_step_is_a_no_op(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    before = run.metrics_path.read_text()
+    run_mai("train", str(run.path), "--resume")
+    assert run.metrics_path.read_text() == before
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_bf16_autocast_trains(prepared_run, tmp_path, precision):
+    run = copy_run(prepared_run, tmp_path / "run")
+    run_mai("train", str(run.path), "--set", f"train.precision={precision}", "--set", "train.steps=10")
+    record = json.loads(run.metrics_path.read_text().splitlines()[-1])
+    assert record["step"] == 10 and record["val_bpb"] < read_metrics(run)[0]["val_bpb"]
