@@ -17,7 +17,6 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mai run tiny --run-dir runs/demo
-	@echo "report: runs/demo/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

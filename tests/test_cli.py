@@ -102,3 +102,33 @@ def test_corrupt_checkpoint_metadata(trained_run, tmp_path, garbage):
     run = copy_run(trained_run, tmp_path / "run")
     (run.latest_checkpoint() / "meta.json").write_bytes(garbage)
     assert_user_error(run_mai("generate", str(run.path), "--prompt", "x", check=False), "meta.json", "corrupt")
+
+
+FROZEN_INTERFACE = {
+    "config presets": [],
+    "config show": ["--set", "preset"],
+    "data prepare": ["run_dir"],
+    "export hf": ["--dtype", "out", "run_dir"],
+    "generate": ["--max-new-tokens", "--prompt", "--seed", "--temperature", "--top-k", "--top-p", "run_dir"],
+    "import hf": ["run_dir", "source"],
+    "init": ["--preset", "--set", "run_dir"],
+    "model info": ["--json", "--preset", "--set"],
+    "report": ["run_dir"],
+    "run": ["--run-dir", "--set", "preset"],
+    "tokenizer train": ["run_dir"],
+    "train": ["--resume", "--set", "run_dir"],
+}
+
+
+def test_command_line_interface_is_frozen():
+    """Users script against these names: change them deliberately, here and in the README."""
+    import typer.main
+
+    from mai.cli import app
+
+    def walk(command, prefix=""):
+        if not hasattr(command, "commands"):
+            return {prefix: sorted(o for p in command.params for o in p.opts)}
+        return {k: v for name, sub in command.commands.items() for k, v in walk(sub, f"{prefix} {name}".strip()).items()}
+
+    assert walk(typer.main.get_command(app)) == FROZEN_INTERFACE

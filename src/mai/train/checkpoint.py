@@ -65,6 +65,8 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, data_st
 def load_checkpoint(checkpoint: Path, model, optimizer, scheduler, config) -> dict:
     """Restore everything saved at `checkpoint`; return its meta (step, data position)."""
     meta = load_model_weights(checkpoint, model, config.model)
+    if "train_state_sha256" not in meta:
+        raise MaiError(f"{checkpoint} holds weights only (it was imported), not a training state to resume")
     verify_sha256(checkpoint / "train_state.pt", meta["train_state_sha256"])
     try:
         state = torch.load(checkpoint / "train_state.pt", weights_only=False)

@@ -81,6 +81,24 @@ def evaluate(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, de
     return {"val_loss": total_loss / total_tokens, "val_bpb": total_nats / (math.log(2) * total_bytes)}
 
 
+def train_step(model, step_model, optimizer, scheduler, sampler, tc, device, precision) -> tuple[float, float, float]:
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, lr used)."""
+    loss = 0.0
+    for _ in range(tc.grad_accum):
+        inputs, targets = sampler.next_batch()
+        micro_loss = loss_fn(step_model, inputs, targets, device, precision) / tc.grad_accum
+        micro_loss.backward()
+        loss += micro_loss.item()
+    if not math.isfinite(loss):
+        raise RuntimeError(f"loss became {loss}; lower train.lr or check the data")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss, grad_norm, lr
+
+
 def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None) -> dict:
     """Train the run's model to config.train.steps; return the final record.
 
@@ -119,7 +137,7 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         console.print(f"resuming {run.path} from step {start_step}")
     if config != run.read_config():
         run.write_config(config)
-    truncate_metrics(run, start_step)
+    truncate_metrics(run, start_step if checkpoint is not None else -1)
     step_model = torch.compile(model) if tc.compile else model
 
     info = model_info(config.model, tc.seq_len)
@@ -146,24 +164,10 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         task = progress.add_task("train", total=tc.steps, completed=start_step, status="")
         window_start, window_tokens = time.perf_counter(), 0
         for step in range(start_step + 1, tc.steps + 1):
-            loss = 0.0
-            for _ in range(tc.grad_accum):
-                inputs, targets = sampler.next_batch()
-                micro_loss = loss_fn(step_model, inputs, targets, device, precision) / tc.grad_accum
-                micro_loss.backward()
-                loss += micro_loss.item()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, grad_norm, lr = train_step(model, step_model, optimizer, scheduler, sampler, tc, device, precision)
             window_tokens += tokens_per_step
-            if not math.isfinite(loss):
-                raise RuntimeError(f"loss became {loss} at step {step}; lower train.lr or check the data")
-
             if step % tc.log_every == 0 or step == tc.steps or step % tc.eval_every == 0:
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / elapsed
+                tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 record = {
                     "step": step,
                     "loss": loss,
@@ -176,12 +180,12 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
                 if step % tc.eval_every == 0 or step == tc.steps:
                     record |= evaluate(step_model, val_tokens, token_bytes, config, device, precision)
                     progress.console.print(
-                        f"step {step}: val_loss {record['val_loss']:.4f}, val_bpb {record['val_bpb']:.4f}"
+                        f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {record['val_loss']:.4f}, "
+                        f"val_bpb {record['val_bpb']:.4f}, {tokens_per_s:,.0f} tokens/s"
                     )
                 append_metrics(run, record)
                 window_start, window_tokens = time.perf_counter(), 0
-                status = f"loss {loss:.3f} · {tokens_per_s:,.0f} tok/s"
-                progress.update(task, status=status)
+                progress.update(task, status=f"loss {loss:.3f} · {tokens_per_s:,.0f} tok/s")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 save_checkpoint(
                     run, step, model, optimizer, scheduler, sampler.state_dict(), config, tc.keep_checkpoints
