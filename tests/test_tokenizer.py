@@ -45,8 +45,8 @@ def test_compresses_held_out_text(tokenizer, plays):
 
 def test_token_bytes_sum_to_text_bytes(tokenizer, plays):
     sizes = tokenizer.token_bytes()
-    text = plays[1][0][:5000]
-    assert sum(sizes[i] for i in tokenizer.encode(text)) == len(text.encode())
+    for text in (plays[1][0][:5000], "日本語のテキスト — naïve café 🎉"):
+        assert sum(sizes[i] for i in tokenizer.encode(text)) == len(text.encode())
 
 
 def test_transformers_loads_it_with_the_same_ids_and_bos(tokenizer, tmp_path):

@@ -100,12 +100,22 @@ class Tokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self) -> list[int]:
-        """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text)."""
+        """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text).
+
+        A byte-level token's string has one character per byte, even when it holds part of a
+        multi-byte character (which would decode on its own to U+FFFD).
+        """
         special = {t.content for t in self.backend.get_added_tokens_decoder().values() if t.special}
+        byte_chars = set(pre_tokenizers.ByteLevel.alphabet())
         sizes = []
         for i in range(self.vocab_size):
             token = self.backend.id_to_token(i)
-            sizes.append(0 if token is None or token in special else len(self.decode([i]).encode()))
+            if token is None or token in special:
+                sizes.append(0)
+            elif set(token) <= byte_chars:
+                sizes.append(len(token))
+            else:
+                sizes.append(len(self.decode([i]).encode()))
         return sizes
 
     def bytes_per_token(self, texts: Iterable[str]) -> float:
