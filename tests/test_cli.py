@@ -6,6 +6,7 @@ import json
 import pytest
 
 from conftest import copy_run, run_mai
+from mai.data.prepare import read_documents
 from mai.run import save_tokenizer
 from mai.tokenizer import train_tokenizer
 
@@ -73,7 +74,7 @@ def test_corrupt_shard_is_named_and_nothing_is_overwritten(trained_run, tmp_path
 
 def test_tokenizer_that_does_not_match_the_model(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
-    texts = [d["text"] for d in map(json.loads, (run.text_dir / "train.jsonl").read_text().splitlines())]
+    texts = [text for _, text in read_documents(run.data_dir / "work" / "clean")]
     save_tokenizer(train_tokenizer(texts, 8192), run.path)
     before = snapshot(run.path)
     assert_user_error(
@@ -108,6 +109,7 @@ FROZEN_INTERFACE = {
     "config presets": [],
     "config show": ["--set", "preset"],
     "data prepare": ["run_dir"],
+    "data stats": ["run_dir"],
     "export hf": ["--dtype", "out", "run_dir"],
     "generate": ["--max-new-tokens", "--prompt", "--seed", "--temperature", "--top-k", "--top-p", "run_dir"],
     "import hf": ["run_dir", "source"],
@@ -129,6 +131,8 @@ def test_command_line_interface_is_frozen():
     def walk(command, prefix=""):
         if not hasattr(command, "commands"):
             return {prefix: sorted(o for p in command.params for o in p.opts)}
-        return {k: v for name, sub in command.commands.items() for k, v in walk(sub, f"{prefix} {name}".strip()).items()}
+        return {
+            k: v for name, sub in command.commands.items() for k, v in walk(sub, f"{prefix} {name}".strip()).items()
+        }
 
     assert walk(typer.main.get_command(app)) == FROZEN_INTERFACE

@@ -16,7 +16,7 @@ def test_every_preset_loads_and_round_trips_through_toml():
 def test_overrides_parse_toml_literals():
     config = load_config("tiny", ["model.n_layers=3", "train.lr=1e-4", "model.qk_norm=true", 'data.sources=["bible"]'])
     assert config.model.n_layers == 3 and config.train.lr == 1e-4 and config.model.qk_norm
-    assert config.data.sources == ["bible"]
+    assert [s.name for s in config.data.sources] == ["bible"] and config.data.sources[0].kind == "corpus"
 
 
 def test_unknown_preset_lists_the_presets():

@@ -122,24 +122,40 @@ def model_info_cmd(
 
 @data_app.command("prepare")
 def data_prepare(run_dir: RunArg):
-    """Read the configured sources, split by document, train the tokenizer, write shards and manifest."""
+    """Run the data pipeline (extract, filter, dedup, decontaminate), train the tokenizer, write shards."""
     from mai.data.prepare import prepare_data
+    from mai.data.stats import format_table
     from mai.run import RunDir
 
     run = RunDir(run_dir).require()
     manifest = prepare_data(run, run.read_config())
-    _out(json.dumps({k: manifest[k] for k in ("splits", "tokens", "bytes_per_token")}, indent=2) + "\n")
+    _out(format_table(manifest["steps"]) + "\n\n")
+    _out(
+        f"tokens: {manifest['tokens']['train']:,} train, {manifest['tokens']['val']:,} val; "
+        f"{manifest['bytes_per_token']['val']:.2f} bytes/token on validation text\n"
+    )
+
+
+@data_app.command("stats")
+def data_stats(run_dir: RunArg):
+    """Per-step table of the data pipeline: documents in and out, size, top reasons for drops."""
+    from mai.data.stats import format_table
+    from mai.run import RunDir
+
+    _out(format_table(RunDir(run_dir).require().read_manifest()["steps"]) + "\n")
 
 
 @tokenizer_app.command("train")
 def tokenizer_train(run_dir: RunArg):
-    """Train byte-level BPE on the run's training documents; print bytes per token on validation text."""
-    from mai.data.prepare import read_documents, train_run_tokenizer
+    """Retrain the BPE tokenizer on the pipeline's output; print bytes per token on validation text.
+
+    Shards made with the previous tokenizer no longer match: rerun `mai data prepare` after this.
+    """
+    from mai.data.prepare import retrain_tokenizer
     from mai.run import RunDir
 
     run = RunDir(run_dir).require()
-    tokenizer = train_run_tokenizer(run, run.read_config())
-    held_out = tokenizer.bytes_per_token(read_documents(run, "val"))
+    tokenizer, held_out = retrain_tokenizer(run, run.read_config())
     _out(f"{run.tokenizer_path}: {tokenizer.vocab_size} tokens, {held_out:.3f} bytes/token on validation text\n")
 
 

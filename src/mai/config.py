@@ -67,17 +67,69 @@ class ModelConfig(Section):
         return m * ((8 * self.d_model // 3 + m - 1) // m)
 
 
-class DataConfig(Section):
-    """Which real text to train on and how to split and shard it."""
+SourceKind = Literal["corpus", "text", "html", "warc", "jsonl", "parquet"]
+QUALITY_BY_KIND = {"corpus": "none", "text": "web", "html": "web", "warc": "web", "jsonl": "web", "parquet": "web"}
 
-    sources: list[str] = Field(
-        ["shakespeare"],
-        description="Offline corpora: shakespeare, bible, python-stdlib (see mai.data.corpus).",
+
+class SourceConfig(Section):
+    """One input of the data pipeline."""
+
+    name: str = Field(description="Label of this source in the manifest, stats and rejected files.")
+    kind: SourceKind = Field(
+        "corpus",
+        description="corpus: a built-in offline corpus named `name` (shakespeare, bible, python-stdlib); "
+        "text/html: a directory of files; warc: WARC/WET files (gzip ok); jsonl/parquet: records with a text field.",
     )
-    max_mb: float = Field(4.0, gt=0, description="Cap on raw text taken, in MB, split evenly across sources.")
+    path: str | None = Field(None, description="File or directory to read (not for corpus).")
+    glob: str | None = Field(None, description="Files to take under path, e.g. '**/*.py' (default: all).")
+    text_key: str = Field("text", description="jsonl/parquet: the field holding the text.")
+    quality: Literal["web", "code", "none"] | None = Field(
+        None, description="Rules to apply: web (Gopher, C4, FineWeb), code, or none; default by kind (corpus: none)."
+    )
+    weight: float = Field(
+        1.0, ge=0, description="Mixture weight: each document is repeated this many times on average."
+    )
+    max_mb: float | None = Field(None, gt=0, description="Cap on the raw text taken from a corpus, in MB.")
+
+    @model_validator(mode="after")
+    def _check_path(self) -> "SourceConfig":
+        if self.kind != "corpus" and not self.path:
+            raise ValueError(f"source {self.name!r} of kind {self.kind} needs a path")
+        return self
+
+    @property
+    def rules(self) -> str:
+        return self.quality or QUALITY_BY_KIND[self.kind]
+
+
+class DataConfig(Section):
+    """The data pipeline: sources, filters, deduplication, decontamination, split and shards."""
+
+    sources: list[SourceConfig] = Field(
+        [SourceConfig(name="shakespeare")], description="Inputs; a bare name means a built-in corpus."
+    )
+    languages: list[str] = Field(["en"], description="Language codes kept (py3langid); code sources are exempt.")
+    language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum language-ID probability to keep.")
+    pii: bool = Field(True, description="Replace e-mail addresses and IP addresses with <EMAIL> and <IP>.")
+    exact_dedup: bool = Field(True, description="Drop documents whose normalised text repeats another's.")
+    minhash_dedup: bool = Field(True, description="Drop near-duplicates: MinHash, 5-grams, 14 bands × 8 rows.")
+    decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with a registered eval set.")
     val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Fraction of documents held out for validation.")
-    seed: int = Field(0, description="Seed of the document shuffle and split.")
+    seed: int = Field(0, description="Seed of the document split and mixture sampling.")
     shard_tokens: int = Field(2**24, gt=0, description="Tokens per shard file.")
+    tasks: int = Field(4, gt=0, description="Pipeline tasks (input shards); outputs depend on this, not on workers.")
+    workers: int = Field(2, ge=0, description="Tasks run at once on this machine (0: one per core).")
+    executor: Literal["local", "slurm", "ray"] = Field("local", description="datatrove executor to run tasks on.")
+    executor_options: dict[str, str | int | float | bool] = Field(
+        {}, description="Extra keyword arguments of the executor, e.g. partition and time for slurm."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_source_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("sources"), list):
+            data = dict(data, sources=[{"name": s} if isinstance(s, str) else s for s in data["sources"]])
+        return data
 
 
 class TokenizerConfig(Section):
@@ -108,7 +160,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA or on CPUs with native bf16 matmul, else fp32."
     )
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool = Field(
+        False, description="torch.compile model and loss (needs a C++ compiler on CPU; ~30 s to start)."
+    )
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     log_every: int = Field(10, gt=0, description="Steps between metrics.jsonl records.")
     eval_every: int = Field(100, gt=0, description="Steps between validation loss/bpb measurements.")
@@ -288,4 +342,6 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

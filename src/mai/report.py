@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mai.config import config_to_toml  # noqa: E402
+from mai.data.stats import format_table  # noqa: E402
 from mai.run import RunDir, atomic_write_text, read_json, read_metrics  # noqa: E402
 
 PLOTS = {  # file → (title, y label, metric keys)
@@ -69,14 +70,28 @@ def _summary(metrics: list[dict]) -> str:
 
 
 def _data_section(manifest: dict) -> str:
-    rows = ["| source | documents | MB |", "|---|---:|---:|"]
-    rows += [f"| {name} | {s['documents']} | {s['bytes'] / 1e6:.2f} |" for name, s in manifest["sources"].items()]
-    splits = ["| split | documents | tokens | bytes/token |", "|---|---:|---:|---:|"]
-    splits += [
-        f"| {split} | {s['documents']} | {manifest['tokens'][split]:,} | {manifest['bytes_per_token'][split]:.2f} |"
-        for split, s in manifest["splits"].items()
+    rows = [
+        "| source | documents | MB | mixture weight | train tokens | val tokens |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    return "## Data\n\n" + "\n".join(rows) + "\n\n" + "\n".join(splits)
+    rows += [
+        f"| {name} | {s['documents']} | {s['bytes'] / 1e6:.2f} | {manifest['mixture'].get(name, 1.0)} | "
+        f"{s['train_tokens']:,} | {s['val_tokens']:,} |"
+        for name, s in manifest["sources"].items()
+    ]
+    bpt = manifest["bytes_per_token"]
+    summary = (
+        f"{manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} validation tokens; "
+        f"{bpt['train']:.2f} / {bpt['val']:.2f} bytes per token (train / val)."
+    )
+    return (
+        "## Data\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + summary
+        + "\n\n### Pipeline steps\n\n"
+        + format_table(manifest["steps"])
+    )
 
 
 def _samples_section(samples: dict) -> str:

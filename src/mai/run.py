@@ -2,7 +2,7 @@
 
 This is the one module that knows the layout every stage shares (see DESIGN.md):
 
-    runs/NAME/config.toml, data/manifest.json, data/shards/, tokenizer.json,
+    runs/NAME/config.toml, data/manifest.json, data/shards/, data/work/, data/rejected/, tokenizer.json,
     checkpoints/step_N/ + checkpoints/latest, metrics.jsonl, samples.json, report.md, *.png
 """
 
@@ -76,7 +76,6 @@ class RunDir:
 
     config_path = property(lambda self: self.path / "config.toml")
     data_dir = property(lambda self: self.path / "data")
-    text_dir = property(lambda self: self.path / "data" / "text")
     shards_dir = property(lambda self: self.path / "data" / "shards")
     manifest_path = property(lambda self: self.path / "data" / "manifest.json")
     tokenizer_path = property(lambda self: self.path / "tokenizer.json")

@@ -79,3 +79,12 @@ def test_bf16_autocast_trains(prepared_run, tmp_path, precision):
     run_mai("train", str(run.path), "--set", f"train.precision={precision}", "--set", "train.steps=10")
     record = json.loads(run.metrics_path.read_text().splitlines()[-1])
     assert record["step"] == 10 and record["val_bpb"] < read_metrics(run)[0]["val_bpb"]
+
+
+def test_compiled_training_matches_eager(prepared_run, tmp_path):
+    losses = {}
+    for compile_ in ("false", "true"):
+        run = copy_run(prepared_run, tmp_path / compile_)
+        run_mai("train", str(run.path), "--set", f"train.compile={compile_}", "--set", "train.steps=8")
+        losses[compile_] = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-3)

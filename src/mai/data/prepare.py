@@ -1,160 +1,143 @@
-"""The data stage: read the configured sources, split by document, train the tokenizer, write shards.
+"""The data stage: run the pipeline, train the tokenizer on its output, write shards and the manifest.
 
-Writes into the run directory: data/text/{train,val}.jsonl (the documents), tokenizer.json,
-data/shards/{split}_NNNN.bin (token ids, BOS before each document) and data/manifest.json last,
-so a run with a manifest has complete, checksummed data.
+Writes into the run directory: data/work/ (stage outputs, logs, completion markers),
+data/rejected/<step>.jsonl (every dropped document or unreadable file with its reason),
+tokenizer.json, data/shards/*.bin and, last, data/manifest.json, so a run with a manifest has
+complete, checksummed data. A rerun after a crash skips the tasks that finished.
 """
 
+import gzip
 import json
-import random
 import time
 
-import numpy as np
-from rich.progress import Progress
-
 from mai.config import RunConfig
-from mai.data.corpus import read_source
+from mai.data.pipeline import Stages, reset_if_config_changed, run_stages
+from mai.data.shards import ShardWriter, read_summaries, val_threshold
+from mai.data.stats import step_table
 from mai.errors import MaiError
-from mai.run import (
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_tokenizer,
-    save_tokenizer,
-    sha256_file,
-)
+from mai.run import RunDir, atomic_write_json, atomic_write_text, load_tokenizer, save_tokenizer, sha256_file
 from mai.tokenizer import train_tokenizer
-
-SPLITS = ("train", "val")
 
 
 def prepare_data(run: RunDir, config: RunConfig) -> dict:
     """Run the whole data stage; return the manifest."""
     started = time.time()
-    documents = collect_documents(config)
-    splits = split_documents(documents, config.data.val_fraction, config.data.seed)
-    for split, docs in splits.items():
-        write_documents(run, split, docs)
-    tokenizer = train_run_tokenizer(run, config)
-    shards = []
-    for split, docs in splits.items():
-        shards += write_shards(run, split, [text for _, _, text in docs], tokenizer, config.data.shard_tokens)
-    manifest = {
-        "sources": {name: _source_stats([d for d in documents if d[0] == name]) for name in config.data.sources},
-        "splits": {split: _source_stats(docs) for split, docs in splits.items()},
-        "val_documents": [f"{source}/{name}" for source, name, _ in splits["val"]],
-        "dtype": _token_dtype(tokenizer.vocab_size).__name__,
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_sha256": sha256_file(run.tokenizer_path),
-        "bytes_per_token": {
-            split: round(
-                sum(len(t.encode()) for _, _, t in docs) / sum(s["tokens"] for s in shards if s["split"] == split), 4
-            )
-            for split, docs in splits.items()
+    stages = Stages(run.data_dir, config.data)
+    fingerprint = json.dumps(
+        {
+            "data": config.data.model_dump(),
+            "tokenizer": config.tokenizer.model_dump(),
+            "vocab_size": config.model.vocab_size,
         },
-        "tokens": {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in SPLITS},
-        "shards": shards,
-        "seconds": round(time.time() - started, 2),
-    }
+        sort_keys=True,
+    )
+    reset_if_config_changed(stages, fingerprint)
+    clean = run_stages(stages, evaluation_texts() if config.data.decontaminate else [])
+    doc_ids, sample = scan_documents(stages.work / clean, config.tokenizer.sample_mb * 1e6)
+    if len(doc_ids) < 2:
+        raise MaiError(
+            f"the pipeline kept {len(doc_ids)} documents; check data/rejected/ and `mai data stats {run.path}`"
+        )
+    tokenizer = train_tokenizer(sample, config.model.vocab_size)
+    save_tokenizer(tokenizer, run.path)
+    write_shards(run, stages, clean, val_threshold(doc_ids, config.data.val_fraction, config.data.seed))
+    merge_rejects(stages)
+    manifest = build_manifest(run, config, stages, time.time() - started)
     atomic_write_json(run.manifest_path, manifest)
     return manifest
 
 
-def collect_documents(config: RunConfig) -> list[tuple[str, str, str]]:
-    """(source, name, text) documents, each source capped at its share of data.max_mb."""
-    budget = int(config.data.max_mb * 1e6 / len(config.data.sources))
-    documents = []
-    for source in config.data.sources:
-        docs = [(name, text) for name, text in read_source(source) if text.strip()]
-        random.Random(config.data.seed).shuffle(docs)
-        taken = 0
-        for name, text in docs:
-            if taken >= budget:
-                break
-            documents.append((source, name, text))
-            taken += len(text.encode())
-    if not documents:
-        raise MaiError(f"data sources {config.data.sources} gave no documents")
-    return documents
+def evaluation_texts() -> list[tuple[str, str]]:
+    """(task, text) of every evaluation set registered in mai.taskdata, for decontamination."""
+    try:
+        from mai.taskdata import evaluation_texts as registered
+    except ImportError:
+        return []
+    return list(registered())
 
 
-def split_documents(documents: list, val_fraction: float, seed: int) -> dict[str, list]:
-    """Hold out whole documents (at least one) for validation."""
-    if len(documents) < 2:
-        raise MaiError("need at least two documents to hold one out for validation; add sources or raise data.max_mb")
-    order = list(range(len(documents)))
-    random.Random(seed).shuffle(order)
-    n_val = max(1, round(val_fraction * len(documents)))
-    val = set(order[:n_val])
-    return {
-        "train": [d for i, d in enumerate(documents) if i not in val],
-        "val": [d for i, d in enumerate(documents) if i in val],
-    }
+def scan_documents(folder, sample_bytes: float) -> tuple[list[str], list[str]]:
+    """Every document id, and the leading documents up to sample_bytes as the tokenizer's sample."""
+    doc_ids, sample, taken = [], [], 0
+    for doc_id, text in read_documents(folder):
+        doc_ids.append(doc_id)
+        if taken < sample_bytes:
+            sample.append(text)
+            taken += len(text)
+    return doc_ids, sample
 
 
-def write_documents(run: RunDir, split: str, docs: list) -> None:
-    lines = (json.dumps({"source": s, "name": n, "text": t}, ensure_ascii=False) for s, n, t in docs)
-    atomic_write_bytes(run.text_dir / f"{split}.jsonl", ("\n".join(lines) + "\n").encode())
-
-
-def read_documents(run: RunDir, split: str) -> list[str]:
-    path = run.text_dir / f"{split}.jsonl"
-    if not path.is_file():
-        raise MaiError(f"{path} is missing; run `mai data prepare {run.path}`")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
-
-
-def train_run_tokenizer(run: RunDir, config: RunConfig):
-    """Train BPE on a sample of the training documents, save it, and return it."""
-    budget, sample = config.tokenizer.sample_mb * 1e6, []
-    for text in read_documents(run, "train"):
-        if budget <= 0:
-            break
-        sample.append(text[: int(budget)])
-        budget -= len(text)
+def retrain_tokenizer(run: RunDir, config: RunConfig):
+    """Train the tokenizer again on the pipeline's clean output; return it and its validation bytes/token."""
+    clean = Stages(run.data_dir, config.data).work / "clean"
+    if not clean.is_dir():
+        raise MaiError(f"{run.path} has no pipeline output; run `mai data prepare {run.path}` first")
+    _, sample = scan_documents(clean, config.tokenizer.sample_mb * 1e6)
     tokenizer = train_tokenizer(sample, config.model.vocab_size)
     save_tokenizer(tokenizer, run.path)
-    return load_tokenizer(run, config.model.vocab_size)
+    val_ids = set(run.read_manifest()["val_documents"])
+    return tokenizer, tokenizer.bytes_per_token(text for doc_id, text in read_documents(clean) if doc_id in val_ids)
 
 
-def write_shards(run: RunDir, split: str, texts: list[str], tokenizer, shard_tokens: int) -> list[dict]:
-    """Tokenize documents (BOS first) and write shards of at most shard_tokens tokens."""
-    dtype = _token_dtype(tokenizer.vocab_size)
-    shards, buffer, buffered, index = [], [], 0, 0
-
-    def flush():
-        nonlocal buffer, buffered, index
-        tokens = np.concatenate(buffer).astype(dtype)
-        path = run.shards_dir / f"{split}_{index:04d}.bin"
-        atomic_write_bytes(path, tokens.tobytes())
-        shards.append(
-            {
-                "split": split,
-                "path": str(path.relative_to(run.data_dir)),
-                "tokens": len(tokens),
-                "sha256": sha256_file(path),
-            }
-        )
-        buffer, buffered, index = [], 0, index + 1
-
-    with Progress(transient=True) as progress:
-        task = progress.add_task(f"tokenizing {split}", total=len(texts))
-        for start in range(0, len(texts), 64):
-            for ids in tokenizer.encode_batch(texts[start : start + 64]):
-                buffer.append(np.asarray(ids, dtype=np.int64))
-                buffered += len(ids)
-                if buffered >= shard_tokens:
-                    flush()
-            progress.advance(task, len(texts[start : start + 64]))
-    if buffer:
-        flush()
-    return shards
+def read_documents(folder):
+    """(id, text) of every document in a folder of datatrove JSONL outputs, in file order."""
+    for path in sorted(folder.glob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                yield record["id"], record["text"]
 
 
-def _token_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= 2**16 else np.uint32
+def write_shards(run: RunDir, stages: Stages, clean: str, threshold: int) -> None:
+    summaries = stages.work / "shard_summaries"
+    config = stages.config
+    writer = ShardWriter(
+        str(run.shards_dir),
+        str(summaries),
+        str(run.tokenizer_path),
+        threshold,
+        config.seed,
+        {source.name: source.weight for source in config.sources},
+        config.shard_tokens,
+    )
+    stages.executor("shards", [stages.reader(clean), writer]).run()
 
 
-def _source_stats(docs: list) -> dict:
-    return {"documents": len(docs), "bytes": sum(len(t.encode()) for _, _, t in docs)}
+def merge_rejects(stages: Stages) -> None:
+    """data/rejected/<step>/<rank>.jsonl.gz → data/rejected/<step>.jsonl, one file per step."""
+    for step_dir in sorted(p for p in stages.rejected.glob("*") if p.is_dir()):
+        lines = []
+        for part in sorted(step_dir.glob("*.jsonl.gz")):
+            with gzip.open(part, "rt", encoding="utf-8") as f:
+                lines += [line for line in f if line.strip()]
+        atomic_write_text(stages.rejected / f"{step_dir.name}.jsonl", "".join(lines))
+
+
+def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: float) -> dict:
+    summaries = read_summaries(stages.work / "shard_summaries")
+    shards = sorted((s for summary in summaries for s in summary["shards"]), key=lambda s: s["path"])
+    tokens = {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in ("train", "val")}
+    text_bytes = {split: sum(summary["bytes"][split] for summary in summaries) for split in ("train", "val")}
+    if not tokens["train"] or not tokens["val"]:
+        raise MaiError(f"the pipeline left {tokens['train']} train and {tokens['val']} val tokens; add data")
+    sources: dict[str, dict] = {}
+    for summary in summaries:
+        for name, stats in summary["sources"].items():
+            merged = sources.setdefault(name, dict.fromkeys(stats, 0))
+            for key, value in stats.items():
+                merged[key] += value
+    tokenizer = load_tokenizer(run, config.model.vocab_size)
+    return {
+        "sources": sources,
+        "mixture": {s.name: s.weight for s in config.data.sources},
+        "val_documents": sorted(d for summary in summaries for d in summary["val_documents"]),
+        "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32",
+        "vocab_size": tokenizer.vocab_size,
+        "tokenizer_sha256": sha256_file(run.tokenizer_path),
+        "bytes_per_token": {split: round(text_bytes[split] / tokens[split], 4) for split in tokens},
+        "tokens": tokens,
+        "shards": shards,
+        "steps": step_table(stages),
+        "pipeline": config.data.model_dump(),
+        "seconds": round(seconds, 2),
+    }

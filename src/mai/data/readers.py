@@ -1,0 +1,130 @@
+"""datatrove readers for every source kind; a file that cannot be read is skipped with a reason.
+
+Each document gets metadata `source` (the source's name), `rules` (web, code or none) and, for
+HTML, `html: true` so the extraction step knows to run. A binary, invalid-UTF-8, empty or
+truncated file never stops a task: it is written to the `read` rejects with its reason.
+"""
+
+import random
+from collections.abc import Iterator
+
+from datatrove.data import Document
+from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
+from datatrove.pipeline.readers.base import BaseDiskReader, BaseReader
+
+from mai.config import SourceConfig
+from mai.data.corpus import read_source
+
+BINARY_PROBE = 8192
+
+
+class SkipBadFiles:
+    """Mixin for datatrove disk readers: a file that raises while read is rejected, not fatal."""
+
+    rejects = None  # a datatrove JsonlWriter, set by build_reader
+
+    def read_file(self, filepath: str):
+        try:
+            yield from super().read_file(filepath)
+        except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+            self.reject(filepath, "unreadable", f"{type(e).__name__}: {e}")
+
+    def reject(self, filepath: str, reason: str, detail: str = "") -> None:
+        self.stat_update(f"rejected_{reason}")
+        if self.rejects is not None:
+            doc = Document(text="", id=filepath, metadata={"filter_reason": reason, "detail": detail[:200]})
+            self.rejects.write(doc, self._rank)
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        self._rank = rank
+        if self.rejects is None:
+            yield from super().run(data, rank, world_size)
+            return
+        with self.rejects:
+            yield from super().run(data, rank, world_size)
+
+
+class FileReader(SkipBadFiles, BaseDiskReader):
+    """One document per file (source code, text, or an HTML page)."""
+
+    name = "📄 files"
+
+    def read_file(self, filepath: str):
+        with self.data_folder.open(filepath, "rb") as f:
+            raw = f.read()
+        if not raw.strip():
+            return self.reject(filepath, "empty")
+        if b"\x00" in raw[:BINARY_PROBE]:
+            return self.reject(filepath, "binary")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.reject(filepath, "invalid_utf8")
+        document = self.get_document_from_dict({"text": text, "id": filepath}, filepath, 0)
+        if document:
+            yield document
+
+
+class SafeJsonlReader(SkipBadFiles, JsonlReader):
+    pass
+
+
+class SafeParquetReader(SkipBadFiles, ParquetReader):
+    pass
+
+
+class SafeWarcReader(SkipBadFiles, WarcReader):
+    pass
+
+
+class CorpusReader(BaseReader):
+    """A built-in offline corpus, capped and shuffled the same way in every task, then split by rank."""
+
+    name = "📚 corpus"
+
+    def __init__(self, source: SourceConfig, seed: int, metadata: dict):
+        super().__init__(default_metadata=metadata)
+        self.source, self.seed = source, seed
+
+    def documents(self) -> list[tuple[str, str]]:
+        docs = [(name, text) for name, text in read_source(self.source.name) if text.strip()]
+        random.Random(self.seed).shuffle(docs)
+        if self.source.max_mb is None:
+            return docs
+        budget, taken = int(self.source.max_mb * 1e6), []
+        for name, text in docs:
+            if budget <= 0:
+                break
+            taken.append((name, text))
+            budget -= len(text.encode())
+        return taken
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> Iterator[Document]:
+        if data:
+            yield from data
+        for name, text in self.documents()[rank::world_size]:
+            document = self.get_document_from_dict({"text": text, "id": f"{self.source.name}/{name}"}, name, 0)
+            self.update_doc_stats(document)
+            yield document
+
+
+def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
+    """The datatrove reader of one configured source."""
+    metadata = {"source": source.name, "rules": source.rules}
+    if source.kind == "corpus":
+        return CorpusReader(source, seed, metadata)
+    if source.kind == "html":
+        metadata["html"] = True
+    common = {"glob_pattern": source.glob, "default_metadata": metadata, "doc_progress": True}
+    readers = {
+        "text": lambda: FileReader(source.path, recursive=True, **common),
+        "html": lambda: FileReader(source.path, recursive=True, **common),
+        "warc": lambda: SafeWarcReader(source.path, **common),
+        "jsonl": lambda: SafeJsonlReader(source.path, text_key=source.text_key, **common),
+        "parquet": lambda: SafeParquetReader(source.path, text_key=source.text_key, **common),
+    }
+    reader = readers[source.kind]()
+    reader.rejects = rejects_writer
+    if source.kind == "warc":
+        reader.default_metadata = metadata | {"html": True}
+    return reader
