@@ -8,7 +8,9 @@ counts `dropped_<reason>` and writes the dropped document to the step's rejects.
 import hashlib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
+import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
@@ -101,11 +103,29 @@ class ForRules(BaseFilter):
         return doc.metadata.get("rules") != self.rules or self.inner.filter(doc)
 
 
-def ngram_hashes(text: str, n: int = NGRAM) -> set[bytes]:
+def ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
+    """64-bit hashes of the lower-cased word n-grams of `text`."""
     words = WORD.findall(text.lower())
-    return {
+    digests = (
         hashlib.blake2b(" ".join(words[i : i + n]).encode(), digest_size=8).digest() for i in range(len(words) - n + 1)
-    }
+    )
+    return np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
+
+
+def write_eval_ngrams(path: Path, eval_texts: Iterable[tuple[str, str]]) -> None:
+    """Save the sorted n-gram hashes of every evaluation text, with the task each came from."""
+    tasks, hashes, owners = [], [], []
+    for task, text in eval_texts:
+        if task not in tasks:
+            tasks.append(task)
+        h = ngram_hashes(text)
+        hashes.append(h)
+        owners.append(np.full(len(h), tasks.index(task), dtype=np.int32))
+    hashes_all = np.concatenate(hashes) if hashes else np.array([], dtype=np.uint64)
+    owners_all = np.concatenate(owners) if owners else np.array([], dtype=np.int32)
+    order = np.argsort(hashes_all, kind="stable")
+    with open(path, "wb") as f:
+        np.savez(f, hashes=hashes_all[order], owners=owners_all[order], tasks=np.array(tasks, dtype=str))
 
 
 class Decontaminate(BaseFilter):
@@ -113,16 +133,22 @@ class Decontaminate(BaseFilter):
 
     name = "🧪 decontaminate"
 
-    def __init__(self, eval_texts: Iterable[tuple[str, str]], exclusion_writer=None):
+    def __init__(self, ngrams_path: str, exclusion_writer=None):
         super().__init__(exclusion_writer)
-        self.owner: dict[bytes, str] = {}
-        for task, text in eval_texts:
-            for h in ngram_hashes(text):
-                self.owner.setdefault(h, task)
+        self.ngrams_path = ngrams_path
+        self._ngrams = None
 
     def filter(self, doc: Document):
-        for h in ngram_hashes(doc.text):
-            if h in self.owner:
-                doc.metadata["contaminated_by"] = self.owner[h]
-                return False, "eval_overlap"
+        if self._ngrams is None:
+            with np.load(self.ngrams_path) as data:
+                self._ngrams = (data["hashes"], data["owners"], list(data["tasks"]))
+        hashes, owners, tasks = self._ngrams
+        if not len(hashes):
+            return True
+        doc_hashes = ngram_hashes(doc.text)
+        positions = np.searchsorted(hashes, doc_hashes).clip(max=len(hashes) - 1)
+        hits = positions[hashes[positions] == doc_hashes]
+        if len(hits):
+            doc.metadata["contaminated_by"] = tasks[owners[hits[0]]]
+            return False, "eval_overlap"
         return True

@@ -28,7 +28,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from mai.config import DataConfig
-from mai.data.filters import CodeFilter, Decontaminate, ExtractHtml, ForRules, LanguageFilter
+from mai.data.filters import CodeFilter, Decontaminate, ExtractHtml, ForRules, LanguageFilter, write_eval_ngrams
 from mai.data.readers import build_reader
 from mai.errors import MaiError
 
@@ -113,7 +113,7 @@ def filter_steps(stages: Stages) -> list:
     return steps + [stages.writer("filtered")]
 
 
-def run_stages(stages: Stages, eval_texts: list[tuple[str, str]]) -> str:
+def run_stages(stages: Stages, eval_texts) -> str:
     """Run (or resume) every processing stage; return the folder holding the clean documents."""
     config = stages.config
     stages.executor("filter", filter_steps(stages)).run()
@@ -147,7 +147,10 @@ def run_stages(stages: Stages, eval_texts: list[tuple[str, str]]) -> str:
         stages.executor("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=MINHASH)], tasks=1).run()
         clean_steps.append(MinhashDedupFilter(remove, exclusion_writer=stages.rejects("minhash_dedup")))
     if config.decontaminate:
-        clean_steps.append(Decontaminate(eval_texts, exclusion_writer=stages.rejects("decontaminate")))
+        ngrams = stages.work / "eval_ngrams.npz"
+        if not ngrams.is_file():
+            write_eval_ngrams(ngrams, eval_texts)
+        clean_steps.append(Decontaminate(str(ngrams), exclusion_writer=stages.rejects("decontaminate")))
     stages.executor("clean", clean_steps + [stages.writer("clean")]).run()
     if not stages.complete("clean"):
         raise MaiError(

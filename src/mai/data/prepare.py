@@ -32,7 +32,7 @@ def prepare_data(run: RunDir, config: RunConfig) -> dict:
         sort_keys=True,
     )
     reset_if_config_changed(stages, fingerprint)
-    clean = run_stages(stages, evaluation_texts() if config.data.decontaminate else [])
+    clean = run_stages(stages, evaluation_texts())
     doc_ids, sample = scan_documents(stages.work / clean, config.tokenizer.sample_mb * 1e6)
     if len(doc_ids) < 2:
         raise MaiError(
@@ -47,13 +47,13 @@ def prepare_data(run: RunDir, config: RunConfig) -> dict:
     return manifest
 
 
-def evaluation_texts() -> list[tuple[str, str]]:
+def evaluation_texts():
     """(task, text) of every evaluation set registered in mai.taskdata, for decontamination."""
     try:
         from mai.taskdata import evaluation_texts as registered
     except ImportError:
-        return []
-    return list(registered())
+        return iter(())
+    return registered()
 
 
 def scan_documents(folder, sample_bytes: float) -> tuple[list[str], list[str]]:

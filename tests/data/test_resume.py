@@ -1,0 +1,54 @@
+"""The data pipeline survives kill -9 and does not depend on how many workers run it."""
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import FAST, MAI, run_mai
+from mai.config import load_config
+from mai.pipeline import init_run
+from mai.run import RunDir
+
+
+def shard_digests(run: RunDir) -> list[tuple[str, int, str]]:
+    return sorted((s["split"], s["tokens"], s["sha256"]) for s in run.read_manifest()["shards"])
+
+
+def new_run(path, *overrides) -> RunDir:
+    run = RunDir(path)
+    init_run(run, load_config("tiny", FAST + list(overrides)))
+    return run
+
+
+def test_one_or_two_workers_give_the_same_shards(prepared_run, tmp_path):
+    assert load_config("tiny", FAST).data.workers == 2
+    run = new_run(tmp_path / "one", "data.workers=1")
+    run_mai("data", "prepare", str(run.path))
+    assert shard_digests(run) == shard_digests(prepared_run)
+
+
+def test_kill_9_mid_pipeline_then_rerun(prepared_run, tmp_path):
+    run = new_run(tmp_path / "killed")
+    process = subprocess.Popen(
+        [MAI, "data", "prepare", str(run.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    markers = run.data_dir / "work" / "logs" / "minhash_signatures" / "completions"
+    deadline = time.time() + 300
+    while not (markers.is_dir() and any(markers.iterdir())):
+        assert process.poll() is None and time.time() < deadline, "the pipeline ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not run.manifest_path.exists()
+    finished = sorted((run.data_dir / "work" / "logs" / "filter" / "completions").iterdir())
+    filtered = sorted((run.data_dir / "work" / "filtered").glob("*.jsonl.gz"))
+    before = {p: p.stat().st_mtime_ns for p in finished + filtered}
+    assert len(finished) == 4
+
+    run_mai("data", "prepare", str(run.path))
+    assert shard_digests(run) == shard_digests(prepared_run)
+    assert {p: p.stat().st_mtime_ns for p in before} == before, "finished tasks were redone"
