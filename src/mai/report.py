@@ -23,7 +23,9 @@ def write_report(run: RunDir) -> str:
         plot_metrics(metrics, keys, title, ylabel, run.path / name)
     sections = [f"# Run report: {run.path.name}", _summary(metrics)]
     if run.manifest_path.is_file():
-        sections.append(_data_section(read_json(run.manifest_path)))
+        manifest = read_json(run.manifest_path)
+        plot_data_steps(manifest["steps"], run.path / "data_steps.png")
+        sections.append(_data_section(manifest))
     sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
     if run.samples_path.is_file():
         sections.append(_samples_section(read_json(run.samples_path)))
@@ -44,6 +46,19 @@ def plot_metrics(metrics: list[dict], keys: tuple[str, ...], title: str, ylabel:
     ax.grid(alpha=0.3)
     if len(keys) > 1:
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_data_steps(rows: list[dict], path) -> None:
+    """Documents left after each pipeline step."""
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2), dpi=110)
+    labels = [r["step"].encode("ascii", "ignore").decode().strip() for r in rows]  # emoji lack a font here
+    ax.barh(range(len(rows)), [r["documents_out"] for r in rows], color="tab:blue")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set(title="Documents kept after each data pipeline step", xlabel="documents")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -69,8 +69,10 @@ def web_run(tmp_path_factory):
         for name, text in distinct[N_EXACT : N_EXACT + N_NEAR]
     ]
     foreign = [{"id": f"foreign-{i}", "text": text} for i, text in enumerate(foreign_documents())]
+    contact = "Write to john.doe@example.com or connect to 203.0.113.9 for the audio version."
+    pii = [{"id": "pii-doc", "text": pool[N_DISTINCT + 10][1] + "\n" + contact}]
     (root / "jsonl").mkdir()
-    for index, part in enumerate([records, exact + near + foreign]):
+    for index, part in enumerate([records, exact + near + foreign + pii]):
         with gzip.open(root / "jsonl" / f"part{index}.jsonl.gz", "wt") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
     truncated = gzip.compress(("\n".join(json.dumps(r) for r in records[:20]) + "\n").encode())
@@ -136,6 +138,12 @@ def test_non_english_text_is_dropped_with_its_language(web_run):
     for i, language in enumerate(("fr", "de", "es")):
         assert dropped[f"foreign-{i}"]["language"] == language
         assert dropped[f"foreign-{i}"]["filter_reason"] == "wrong_language"
+
+
+def test_email_and_ip_addresses_are_replaced(web_run):
+    text = web_run["kept"]["pii-doc"]
+    assert "Write to <EMAIL> or connect to <IP> for the audio version." in text
+    assert "john.doe" not in text and "203.0.113.9" not in text
 
 
 def test_html_boilerplate_is_removed(web_run):
