@@ -35,7 +35,7 @@ from common import summary, write_result
 from mai.config import load_config
 from mai.data.corpus import bible, shakespeare
 from mai.data.pipeline import MINHASH, Stages, run_stages
-from mai.taskdata import evaluation_texts
+from mai.data.prepare import evaluation_texts
 
 TASKS, WORKERS = 4, 2
 

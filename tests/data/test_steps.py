@@ -1,10 +1,10 @@
 """Unit behaviour of our own pipeline steps and the split/mixture arithmetic."""
 
+import pytest
 from datatrove.data import Document
 
 from mai.data.filters import CodeFilter, Decontaminate, LanguageFilter, write_eval_ngrams
 from mai.data.shards import copies, id_hash, val_threshold
-from mai.taskdata import evaluation_texts
 
 QUESTION = (
     "Which of these would let the most heat travel through a metal spoon placed in a pot of boiling water on the stove"
@@ -21,7 +21,8 @@ def test_decontamination_drops_documents_sharing_a_13_gram(tmp_path):
 
 
 def test_registered_evaluation_sets_are_found():
-    tasks = {task for task, _ in evaluation_texts()}
+    taskdata = pytest.importorskip("mai.taskdata")
+    tasks = {task for task, _ in taskdata.evaluation_texts()}
     assert len(tasks) >= 5
 
 
