@@ -22,18 +22,23 @@ def test_run_writes_the_contract_and_a_rerun_skips_finished_stages(tmp_path):
         "lr.png",
         "throughput.png",
         "checkpoints/latest",
+        "eval.json",
+        "eval.png",
     ]:
         assert (path / name).is_file(), name
     report = run.report_path.read_text()
     assert "val bits/byte" in report and "## Samples" in report and "shakespeare" in report
+    assert "## Evaluation" in report and "CORE-style aggregate" in report and "| hellaswag | acc_norm |" in report
     samples = json.loads(run.samples_path.read_text())["samples"]
     assert [s["prompt"] for s in samples] == ["ROMEO:", "The king"]
     assert all(s["text"].startswith(s["prompt"]) for s in samples)
 
     checkpoint_mtime = run.latest_checkpoint().stat().st_mtime
+    eval_mtime = (path / "eval.json").stat().st_mtime
     rerun = run_mai(*args, "--set", "sample.max_new_tokens=20")
     assert "data: complete, skipped" in rerun.stderr and "is final, skipped" in rerun.stderr
     assert run.latest_checkpoint().stat().st_mtime == checkpoint_mtime
+    assert (path / "eval.json").stat().st_mtime == eval_mtime  # the final checkpoint is evaluated once
 
     changed = run_mai(*args, "--set", "sample.max_new_tokens=21", check=False)
     assert changed.returncode == 2 and "different config" in changed.stderr

@@ -9,8 +9,19 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from mai.errors import MaiError
+
+
+class DefaultToRun(TyperGroup):
+    """`mai eval RUN ...` means `mai eval run RUN ...`: a first word naming no subcommand goes to `run`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     add_completion=False,
@@ -24,6 +35,11 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer.
 config_app = typer.Typer(no_args_is_help=True, help="Presets and resolved configs.")
 export_app = typer.Typer(no_args_is_help=True, help="Export a run to other formats.")
 import_app = typer.Typer(no_args_is_help=True, help="Import checkpoints from other formats.")
+eval_app = typer.Typer(
+    cls=DefaultToRun,
+    no_args_is_help=True,
+    help="Evaluate a model: bits per byte, benchmark tasks, a CORE-style aggregate; `mai eval RUN` runs them.",
+)
 for sub, name in [
     (model_app, "model"),
     (data_app, "data"),
@@ -31,6 +47,7 @@ for sub, name in [
     (config_app, "config"),
     (export_app, "export"),
     (import_app, "import"),
+    (eval_app, "eval"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -237,6 +254,75 @@ def import_hf_cmd(
     _out(
         f"{run_dir}: {config.model.n_layers} layers, d_model {config.model.d_model}, vocab {config.model.vocab_size}\n"
     )
+
+
+@eval_app.command("run")
+def eval_run(
+    path: Annotated[Path, typer.Argument(help="Run directory, or a transformers checkpoint / GGUF directory.")],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tasks",
+            "-t",
+            help="Task names, suites (core, code, all) or .jsonl files; repeat or comma-separate. Default: core.",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (faster on CPUs with native bf16).")] = "fp32",
+    out: Annotated[Path | None, typer.Option(help="Where to write eval.json (default: inside PATH).")] = None,
+):
+    """Bits per byte on the validation shards, each task, and the CORE-style aggregate; writes eval.json."""
+    from mai.eval.runner import evaluate, format_table
+
+    record = evaluate(path, tasks or ["core"], limit, precision, out)
+    _out(format_table(record))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories (or eval.json files) to compare.")],
+    chart: Annotated[Path, typer.Option(help="Bar chart to write (PNG).")] = Path("eval_compare.png"),
+):
+    """Print the runs' eval results side by side and draw a bar chart per task."""
+    from mai.eval.compare import compare
+
+    _out(compare(paths, chart) + f"chart: {chart}\n")
+
+
+@eval_app.command("tasks")
+def eval_tasks():
+    """List the registered tasks: kind, metric, examples and where the data comes from."""
+    from mai.taskdata import REGISTRY, SUITES, load_task
+
+    for name, spec in REGISTRY.items():
+        _out(f"{name:<15} {spec.kind:<9} {spec.metric:<12} {len(load_task(name).examples):>6}  {spec.source}\n")
+    _out("".join(f"suite {suite}: {', '.join(names)}\n" for suite, names in SUITES.items()))
+
+
+@eval_app.command("lm-eval-tasks")
+def eval_lm_eval_tasks(
+    folder: Annotated[Path, typer.Argument(help="Folder for the task files (pass it to lm_eval's --include_path).")],
+    tasks: Annotated[
+        list[str] | None, typer.Option("--tasks", "-t", help="Tasks or suites, as for `mai eval`.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Write only the first N examples of each task.")] = None,
+):
+    """Write our tasks as lm-evaluation-harness task files (JSONL + YAML), named mai_<task>."""
+    from mai.eval.lm_eval_tasks import write_lm_eval_tasks
+
+    names = write_lm_eval_tasks(folder, tasks or ["core"], limit)
+    _out(f"{folder}: {','.join(names)}\n")
+
+
+@eval_app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def eval_lm_eval(ctx: typer.Context):
+    """lm-evaluation-harness's command line with our model registered as `mai` (takes lm_eval's arguments)."""
+    from mai.eval.harness import main as lm_eval_main
+
+    lm_eval_main(ctx.args)
 
 
 def main() -> None:

@@ -5,12 +5,16 @@ from rich.console import Console
 from mai.config import RunConfig
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
+from mai.eval.runner import evaluate
 from mai.report import write_report
 from mai.run import RunDir, read_json
 from mai.sample import write_samples
 from mai.train.loop import train
 
 console = Console(stderr=True)
+# `mai run` evaluates on the quick `core` suite, the first EVAL_LIMIT examples of each task: a
+# first look that keeps the demo short (`mai eval RUN` scores whole tasks).
+EVAL_TASKS, EVAL_LIMIT = ["core"], 20
 
 
 def init_run(run: RunDir, config: RunConfig) -> None:
@@ -42,6 +46,10 @@ def run_all(run: RunDir, config: RunConfig) -> None:
     samples = read_json(run.samples_path) if run.samples_path.is_file() else None
     if samples is None or samples["checkpoint"] != run.latest_checkpoint().name:
         write_samples(run)
+    evaluation = read_json(run.path / "eval.json") if (run.path / "eval.json").is_file() else None
+    if evaluation is None or evaluation["checkpoint"] != run.latest_checkpoint().name:
+        evaluation = evaluate(run.path, EVAL_TASKS, EVAL_LIMIT)
+    console.print(f"eval: CORE {evaluation['core']:+.4f}, {evaluation['bpb']['val_bpb']:.4f} bits/byte")
     write_report(run)
     console.print(f"report: {run.report_path}")
 

@@ -29,6 +29,10 @@ def write_report(run: RunDir) -> str:
     sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
     if run.samples_path.is_file():
         sections.append(_samples_section(read_json(run.samples_path)))
+    if (run.path / "eval.json").is_file():
+        evaluation = read_json(run.path / "eval.json")
+        plot_eval(evaluation, run.path / "eval.png")
+        sections.append(_eval_section(evaluation))
     sections.append(f"## Config\n\n```toml\n{config_to_toml(config)}```")
     text = "\n\n".join(sections) + "\n"
     atomic_write_text(run.report_path, text)
@@ -59,6 +63,23 @@ def plot_data_steps(rows: list[dict], path) -> None:
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.set(title="Documents kept after each data pipeline step", xlabel="documents")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_eval(evaluation: dict, path) -> None:
+    """Each task's score beside its random baseline (what the CORE aggregate centres on)."""
+    names = list(evaluation["tasks"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 3.5), dpi=110)
+    ax.bar(names, [t["score"] for t in evaluation["tasks"].values()], color="tab:blue", label="score")
+    ax.scatter(
+        names, [t["baseline"] for t in evaluation["tasks"].values()], color="black", marker="_", s=400, label="chance"
+    )
+    ax.set(title=f"Evaluation (CORE {evaluation['core']:+.3f})", ylabel="score", ylim=(0, 1))
+    ax.tick_params(axis="x", labelrotation=40)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -107,6 +128,30 @@ def _data_section(manifest: dict) -> str:
         + "\n\n### Pipeline steps\n\n"
         + format_table(manifest["steps"])
     )
+
+
+def _eval_section(evaluation: dict) -> str:
+    limit = evaluation["settings"]["limit"]
+    lines = [
+        "## Evaluation",
+        "",
+        f"`mai eval` on {evaluation['checkpoint']}, "
+        + (f"the first {limit} examples of each task." if limit else "every example of each task."),
+        "",
+    ]
+    if evaluation.get("bpb"):
+        lines += [f"Validation bits per byte: **{evaluation['bpb']['val_bpb']:.4f}**.", ""]
+    lines += [
+        f"CORE-style aggregate (mean of (score − chance) / (1 − chance)): **{evaluation['core']:+.4f}**.",
+        "",
+        "| task | metric | score | chance | centred |",
+        "|---|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {t['metric']} | {t['score']:.4f} | {t['baseline']:.3f} | {t['centered']:+.4f} |"
+        for name, t in evaluation["tasks"].items()
+    ]
+    return "\n".join(lines) + "\n\n![Evaluation](eval.png)"
 
 
 def _samples_section(samples: dict) -> str:

@@ -42,11 +42,3 @@ def windows_to_batch(tokens: np.ndarray, offsets: list[int], seq_len: int) -> tu
     rows = np.stack([tokens[o : o + seq_len + 1].astype(np.int64) for o in offsets])
     batch = torch.from_numpy(rows)  # (B, seq_len + 1)
     return batch[:, :-1], batch[:, 1:]
-
-
-def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, num_batches: int):
-    """The same leading windows of the validation tokens every time, so measurements compare."""
-    num_windows = min((len(tokens) - 1) // seq_len, batch_size * num_batches)
-    for start in range(0, num_windows, batch_size):
-        offsets = [w * seq_len for w in range(start, min(start + batch_size, num_windows))]
-        yield windows_to_batch(tokens, offsets, seq_len)

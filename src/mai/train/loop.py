@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mai.bpb import bits_per_byte, validation_windows
 from mai.config import RunConfig
 from mai.errors import MaiError
 from mai.model.info import model_info
 from mai.model.transformer import build_model
 from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, truncate_metrics
-from mai.train.batches import WindowSampler, eval_batches
+from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
 from mai.train.optim import build_optimizer, build_scheduler
 
@@ -58,27 +59,17 @@ def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, device, precision) -> dict:
-    """Mean loss (nats/token) and bits per byte over fixed validation windows.
-
-    Bits per byte divides the summed loss by the UTF-8 bytes of the predicted tokens, so it
-    compares across tokenizers; special tokens (no bytes) are left out of both sums.
-    """
+    """Validation loss and bits per byte over the fixed leading validation windows."""
+    tc = config.train
     model.eval()
-    total_nats, total_bytes, total_loss, total_tokens = 0.0, 0, 0.0, 0
-    for inputs, targets in eval_batches(
-        val_tokens, config.train.seq_len, config.train.batch_size, config.train.eval_batches
-    ):
-        with autocast(device, precision):
-            logits = model(inputs.to(device))
-        targets = targets.to(device)
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nbytes = token_bytes[targets.flatten()]
-        total_nats += losses[nbytes > 0].sum().item()
-        total_bytes += nbytes.sum().item()
-        total_loss += losses.sum().item()
-        total_tokens += losses.numel()
+    result = bits_per_byte(
+        model,
+        validation_windows(val_tokens, tc.seq_len, tc.batch_size, tc.eval_batches),
+        token_bytes,
+        lambda: autocast(device, precision),
+    )
     model.train()
-    return {"val_loss": total_loss / total_tokens, "val_bpb": total_nats / (math.log(2) * total_bytes)}
+    return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
 
 def train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, precision) -> tuple[float, float, float]:

@@ -1,0 +1,280 @@
+"""`mai eval`: bits per byte on the run's validation shards, then each task, then one CORE-style number.
+
+Choice tasks are scored by log-likelihood: `acc` takes the choice with the highest summed
+log-probability, `acc_norm` divides it by the choice's length in characters first (as
+lm-evaluation-harness does). Generative tasks decode greedily and compare the extracted answer
+(exact match after normalising case, commas, `$`, quotes and final punctuation). Code tasks run the completed
+program against its tests in the sandbox (pass@1 with greedy decoding).
+
+The CORE-style aggregate is the mean over tasks of the score centred on its random baseline,
+(score − baseline) / (1 − baseline), as DCLM and nanochat report: 0 is chance, 1 is perfect.
+Results go to eval.json (and every example's details to eval_samples.jsonl) beside the model.
+"""
+
+import io
+import json
+import re
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from mai.bpb import bits_per_byte, validation_windows
+from mai.errors import MaiError
+from mai.eval.sandbox import Limits, run_programs
+from mai.eval.scoring import Scorer
+from mai.run import RunDir, atomic_write_json, atomic_write_text, load_model
+from mai.taskdata import Task, load_task, resolve_tasks
+
+console = Console(stderr=True)
+PRECISIONS = ("fp32", "bf16")
+
+
+def load_for_eval(path: Path, device: str = "cpu"):
+    """(model, tokenizer, checkpoint name, run or None) from a run directory or a transformers/GGUF directory."""
+    run = RunDir(path)
+    if run.config_path.is_file():
+        model, _, tokenizer = load_model(run, device)
+        return model, tokenizer, run.latest_checkpoint().name, run
+    if not path.exists():
+        raise MaiError(f"{path} does not exist; pass a run directory or a transformers checkpoint directory")
+    from mai.export import import_hf
+
+    with tempfile.TemporaryDirectory(prefix="mai-eval-") as tmp:
+        imported = RunDir(Path(tmp) / "run")
+        import_hf(path, imported)
+        model, _, tokenizer = load_model(imported, device)
+    return model, tokenizer, "imported", None
+
+
+def evaluate(
+    path: Path,
+    tasks: list[str],
+    limit: int | None = None,
+    precision: str = "fp32",
+    out: Path | None = None,
+    limits: Limits | None = None,
+    bpb: bool = True,
+) -> dict:
+    """Evaluate the model at `path` on `tasks` (names, suites or JSONL paths); write and return eval.json."""
+    if precision not in PRECISIONS:
+        raise MaiError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", parameter="precision")
+    if limit is not None and limit < 1:
+        raise MaiError("--limit must be at least 1", parameter="limit")
+    names = resolve_tasks(tasks)
+    if not names:
+        raise MaiError("no tasks to evaluate; pass --tasks with task names, a suite (core, code, all) or .jsonl files")
+    loaded = [load_task(name, limit) for name in names]  # fail on a bad task before loading the model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer, checkpoint, run = load_for_eval(path, device)
+    scorer = Scorer(model, tokenizer, precision)
+    record = {
+        "model": str(path),
+        "checkpoint": checkpoint,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {"limit": limit, "precision": precision, "tasks": names, "device": device},
+        "bpb": evaluate_bpb(run, scorer) if bpb and run is not None and run.manifest_path.is_file() else None,
+        "tasks": {},
+    }
+    samples = []
+    for task in loaded:
+        summary, details = evaluate_task(scorer, task, limits or Limits())
+        record["tasks"][task.name] = summary
+        samples += [{"task": task.name, **d} for d in details]
+    record["core"] = core_score(record["tasks"])
+    out = out or path / "eval.json"
+    atomic_write_json(out, record)
+    atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(_json_line(s) for s in samples))
+    return record
+
+
+def evaluate_bpb(run: RunDir, scorer: Scorer) -> dict:
+    """Bits per byte on the same validation windows training measures val_bpb on."""
+    config = run.read_config()
+    tc = config.train
+    tokens = run.read_tokens("val")
+    sizes = scorer.tokenizer.token_bytes()
+    token_bytes = torch.tensor(sizes + [0] * (config.model.vocab_size - len(sizes)), device=scorer.device)
+    started = time.perf_counter()
+    result = bits_per_byte(
+        scorer.model,
+        validation_windows(tokens, tc.seq_len, tc.batch_size, tc.eval_batches),
+        token_bytes,
+        scorer.autocast,
+    )
+    console.print(f"bpb: {result['val_bpb']:.4f} bits/byte over {result['tokens']:,} validation tokens")
+    return result | {"seconds": time.perf_counter() - started}
+
+
+def evaluate_task(scorer: Scorer, task: Task, limits: Limits) -> tuple[dict, list[dict]]:
+    """Score one task; return its summary and one detail record per example."""
+    started = time.perf_counter()
+    with _progress(task) as progress:
+        bar = progress.add_task(task.name, total=len(task.examples))
+        if task.kind == "choice":
+            metrics, details = _choice(scorer, task, lambda n: progress.advance(bar, n))
+        elif task.kind == "generate":
+            metrics, details = _generate(scorer, task, lambda: progress.advance(bar))
+        else:
+            metrics, details = _code(scorer, task, limits, progress, bar)
+        progress.update(bar, completed=len(task.examples))  # fractional advances may fall short by rounding
+    seconds = time.perf_counter() - started
+    score = metrics[task.metric]
+    summary = {
+        "kind": task.kind,
+        "source": task.source,
+        "examples": len(task.examples),
+        "metric": task.metric,
+        "score": score,
+        "baseline": task.baseline,
+        "centered": (score - task.baseline) / (1 - task.baseline),
+        **metrics,
+        "seconds": seconds,
+        "examples_per_s": len(task.examples) / seconds if seconds else None,
+    }
+    return summary, details
+
+
+def core_score(tasks: dict[str, dict]) -> float | None:
+    """Mean over tasks of the centred score: 0 at chance, 1 when every answer is right."""
+    if not tasks:
+        return None
+    return sum(t["centered"] for t in tasks.values()) / len(tasks)
+
+
+def _choice(scorer: Scorer, task: Task, advance) -> tuple[dict, list[dict]]:
+    pairs, owner = [], []
+    for i, example in enumerate(task.examples):
+        for pair in example.requests(task.prefix):
+            pairs.append(pair)
+            owner.append(i)
+    per_example = [len(e.choices) for e in task.examples]
+    results = scorer.loglikelihood(pairs, lambda done: advance(sum(1 / per_example[owner[j]] for j in done)))
+    details, start = [], 0
+    for example in task.examples:
+        logprobs = [lp for lp, _ in results[start : start + len(example.choices)]]
+        start += len(example.choices)
+        normed = [lp / max(1, len(choice)) for lp, choice in zip(logprobs, example.choices, strict=True)]
+        pred, pred_norm = _argmax(logprobs), _argmax(normed)
+        details.append(
+            {
+                "id": example.id,
+                "gold": example.gold,
+                "logprobs": logprobs,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "acc": float(pred == example.gold),
+                "acc_norm": float(pred_norm == example.gold),
+            }
+        )
+    n = max(1, len(details))
+    return {"acc": sum(d["acc"] for d in details) / n, "acc_norm": sum(d["acc_norm"] for d in details) / n}, details
+
+
+def _generate(scorer: Scorer, task: Task, advance) -> tuple[dict, list[dict]]:
+    details = []
+    for example in task.examples:
+        completion = scorer.generate(task.prefix + example.context, example.stop, example.max_new_tokens)
+        extracted = extract_answer(completion, example.pattern)
+        correct = extracted is not None and normalize_answer(extracted) == normalize_answer(example.answer)
+        details.append(
+            {
+                "id": example.id,
+                "completion": completion,
+                "extracted": extracted,
+                "answer": example.answer,
+                "exact_match": float(correct),
+            }
+        )
+        advance()
+    return {"exact_match": sum(d["exact_match"] for d in details) / max(1, len(details))}, details
+
+
+def _code(scorer: Scorer, task: Task, limits: Limits, progress, bar) -> tuple[dict, list[dict]]:
+    completions = []
+    for example in task.examples:
+        completions.append(scorer.generate(task.prefix + example.context, example.stop, example.max_new_tokens))
+        progress.advance(bar, 0.5)
+    programs = [
+        (task.prefix + e.context if e.prompt_is_code else "") + c + "\n\n" + e.test
+        for e, c in zip(task.examples, completions, strict=True)
+    ]
+    outcomes = run_programs(programs, limits, on_done=lambda: progress.advance(bar, 0.5))
+    details = [
+        {"id": e.id, "completion": c, "passed": float(o.passed), "status": o.status, "detail": o.detail}
+        for e, c, o in zip(task.examples, completions, outcomes, strict=True)
+    ]
+    layers = outcomes[0].layers if outcomes else ""
+    return {"pass@1": sum(d["passed"] for d in details) / max(1, len(details)), "sandbox": layers}, details
+
+
+def extract_answer(completion: str, pattern: str) -> str | None:
+    """The first group of `pattern`'s first match (the stripped completion when there is no pattern)."""
+    if not pattern:
+        return completion.strip()
+    match = re.search(pattern, completion)
+    return match.group(1) if match else None
+
+
+def normalize_answer(text: str) -> str:
+    """Case-folded, without commas or `$`, and without quotes, brackets or final punctuation around it."""
+    text = re.sub(r"^-\s+", "-", text.strip().casefold().replace(",", "").replace("$", ""))  # "- 10" is -10
+    return text.rstrip(".!?;:)]\"'”’").lstrip("(\"'“‘[").strip()
+
+
+def format_table(record: dict) -> str:
+    """eval.json as a fixed-width table (what `mai eval` prints)."""
+    table = Table(title=f"{record['model']} ({record['checkpoint']})", title_justify="left")
+    for column in ("task", "metric", "score", "baseline", "centred", "n", "ex/s"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for name, t in record["tasks"].items():
+        rate = f"{t['examples_per_s']:.1f}" if t["examples_per_s"] else "-"
+        table.add_row(
+            name,
+            t["metric"],
+            f"{t['score']:.4f}",
+            f"{t['baseline']:.3f}",
+            f"{t['centered']:+.4f}",
+            str(t["examples"]),
+            rate,
+        )
+    if record["core"] is not None:
+        table.add_row("CORE", "centred mean", "", "", f"{record['core']:+.4f}", "", "", style="bold")
+    render = Console(width=120, record=True, file=io.StringIO())
+    render.print(table)
+    lines = [render.export_text()]
+    if record["bpb"] is not None:
+        bpb = record["bpb"]
+        lines.append(f"validation: {bpb['val_bpb']:.4f} bits/byte, {bpb['val_loss']:.4f} nats/token\n")
+    return "".join(lines)
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+class ExamplesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.completed / task.elapsed if task.elapsed and task.completed else None
+        return Text(f"{speed:.2f} ex/s" if speed else "… ex/s", style="progress.data.speed")
+
+
+def _progress(task: Task) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{task.name}[/] ({task.kind})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        ExamplesPerSecond(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"

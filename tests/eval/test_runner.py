@@ -1,0 +1,128 @@
+"""`mai eval` as a user runs it: bits per byte, task scores, the CORE aggregate, eval.json, comparisons."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+from conftest import run_mai
+from mai.config import apply_overrides
+from mai.errors import MaiError
+from mai.eval.runner import evaluate
+from mai.export import export_hf
+from mai.model.transformer import build_model
+from mai.run import RunDir, atomic_write_json, atomic_write_text, read_metrics, save_model_weights, sha256_file
+from mai.taskdata import CHOICE_TASKS
+
+
+@pytest.fixture(scope="module")
+def untrained_run(prepared_run, tmp_path_factory) -> RunDir:
+    """A freshly initialised small model (the prepared run's tokenizer) saved as checkpoint step 0."""
+    run = RunDir(tmp_path_factory.mktemp("untrained") / "run")
+    shutil.copytree(prepared_run.path, run.path)
+    small = ["model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1"]
+    config = apply_overrides(run.read_config(), small)
+    run.write_config(config)
+    checkpoint = run.checkpoint_dir(0)
+    checkpoint.mkdir(parents=True)
+    meta = save_model_weights(
+        checkpoint, build_model(config.model, seed=0), config.model, sha256_file(run.tokenizer_path)
+    )
+    atomic_write_json(checkpoint / "meta.json", meta | {"step": 0})
+    atomic_write_text(run.checkpoints_dir / "latest", checkpoint.name + "\n")
+    return run
+
+
+def test_an_untrained_model_scores_at_chance(untrained_run, tmp_path):
+    """Centring on each task's random baseline makes chance 0, so the aggregate cannot flatter."""
+    n = 60
+    record = evaluate(untrained_run.path, CHOICE_TASKS, limit=n, out=tmp_path / "eval.json", bpb=False)
+    for name, task in record["tasks"].items():
+        b = task["baseline"]
+        assert abs(task["score"] - b) <= 4 * math.sqrt(b * (1 - b) / n), (name, task["score"], b)
+    assert abs(record["core"]) < 0.1, record["core"]
+
+
+def test_bits_per_byte_is_the_one_training_measured(trained_run, tmp_path):
+    record = evaluate(trained_run.path, ["arc_easy"], limit=2, out=tmp_path / "eval.json")
+    last = [m for m in read_metrics(trained_run) if "val_bpb" in m][-1]
+    assert record["bpb"]["val_bpb"] == pytest.approx(last["val_bpb"], rel=1e-5)
+    assert record["bpb"]["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+
+
+def test_mai_eval_writes_eval_json_samples_and_a_table(trained_run, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained_run.path, run.path)
+    result = run_mai("eval", str(run.path), "--tasks", "arc_easy,winogrande", "-t", "lambada", "--limit", "4")
+    record = json.loads((run.path / "eval.json").read_text())
+    assert list(record["tasks"]) == ["arc_easy", "winogrande", "lambada"]
+    assert record["checkpoint"] == run.latest_checkpoint().name and record["settings"]["limit"] == 4
+    tasks = record["tasks"]
+    assert tasks["arc_easy"]["metric"] == "acc_norm" and tasks["winogrande"]["metric"] == "acc"
+    assert all(t["examples"] == 4 for t in tasks.values())
+    centred = [(t["score"] - t["baseline"]) / (1 - t["baseline"]) for t in tasks.values()]
+    assert record["core"] == pytest.approx(sum(centred) / 3)
+    samples = [json.loads(line) for line in (run.path / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 and all(len(s["logprobs"]) == 4 for s in samples if s["task"] == "arc_easy")
+    assert all("completion" in s for s in samples if s["task"] == "lambada")
+    for name in ("arc_easy", "winogrande", "lambada", "CORE"):
+        assert name in result.stdout
+    assert "bits/byte" in result.stdout and "ex/s" in result.stderr
+
+
+def test_a_users_jsonl_task(trained_run, tmp_path):
+    task = tmp_path / "sonnets.jsonl"
+    task.write_text(
+        json.dumps({"context": "Shall I compare thee to a summer's", "choices": [" day", " pie"], "gold": 0})
+    )
+    record = evaluate(trained_run.path, [str(task)], out=tmp_path / "eval.json", bpb=False)
+    assert record["tasks"]["sonnets"]["examples"] == 1 and record["tasks"]["sonnets"]["baseline"] == 0.5
+    assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["sonnets"]["source"] == str(task)
+
+
+def test_code_tasks_are_executed_and_scored(trained_run, tmp_path):
+    """The tiny model's HumanEval completions run in the sandbox; they fail, and the run completes."""
+    record = evaluate(trained_run.path, ["humaneval"], limit=2, out=tmp_path / "eval.json", bpb=False)
+    assert record["tasks"]["humaneval"]["pass@1"] == 0.0 and record["tasks"]["humaneval"]["baseline"] == 0.0
+    samples = [json.loads(line) for line in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["status"] in ("failed", "timeout", "memory") for s in samples)
+
+
+def test_a_transformers_export_scores_like_its_run(trained_run, tmp_path):
+    export_hf(trained_run, tmp_path / "hf")
+    ours = evaluate(trained_run.path, ["arc_easy,piqa"], limit=3, out=tmp_path / "run.json")
+    exported = evaluate(tmp_path / "hf", ["arc_easy,piqa"], limit=3, out=tmp_path / "hf.json")
+    for name in ("arc_easy", "piqa"):
+        assert exported["tasks"][name]["score"] == ours["tasks"][name]["score"]
+    assert exported["checkpoint"] == "imported" and exported["bpb"] is None  # no validation shards there
+
+
+def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
+    result = run_mai("eval", str(trained_run.path), "-t", "hellaswagg", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'hellaswagg'")
+    for kwargs, phrase in [
+        ({"limit": 0}, "--limit must be at least 1"),
+        ({"precision": "fp8"}, "--precision must be one of fp32, bf16"),
+        ({"tasks": [""]}, "no tasks to evaluate"),
+    ]:
+        with pytest.raises(MaiError, match=phrase):
+            evaluate(trained_run.path, **{"tasks": ["arc_easy"], "out": tmp_path / "eval.json"} | kwargs)
+    with pytest.raises(MaiError, match="does not exist"):
+        evaluate(tmp_path / "missing", ["arc_easy"])
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_compare_prints_a_table_and_draws_a_chart(trained_run, untrained_run, tmp_path):
+    paths = []
+    for name, run in (("trained", trained_run), ("untrained", untrained_run)):
+        paths.append(tmp_path / name / "eval.json")
+        evaluate(run.path, ["arc_easy,boolq"], limit=3, out=paths[-1])
+    chart = tmp_path / "compare.png"
+    result = run_mai("eval", "compare", *map(str, paths), "--chart", str(chart))
+    header, *rows = result.stdout.splitlines()
+    assert header.split()[1:] == ["trained", "untrained"]
+    assert [r.split()[0] for r in rows[:2]] == ["arc_easy", "boolq"] and "CORE" in result.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lone = run_mai("eval", "compare", str(paths[0]), check=False)
+    assert lone.returncode == 2 and "at least two" in lone.stderr
