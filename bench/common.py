@@ -1,7 +1,8 @@
-"""Shared benchmark helpers: machine description, matmul probe, interleaved rounds, result files.
+"""Shared benchmark helpers: machine description, matmul probe, interleaved rounds, real tokens, result files.
 
-Our machines are shared and noisy, so every bench interleaves our arm and the peer's, repeats
-rounds, reports median and best, and records a matmul probe beside each round.
+Our machines are shared and noisy, so every bench runs its arms interleaved (ours, peer, ours,
+peer ...), repeats rounds, reports median and best, and records a matmul probe and the load
+average beside each round.
 """
 
 import json
@@ -10,58 +11,151 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+PROBE_SIZE = 1024  # square matmul the size of the models' larger matmuls (tiny: 4096×256·256×1536)
 
 
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
     return {
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }
 
 
 def machine_slug() -> str:
+    """A short name for result files: cpu2-epyc, cpu16-xeon, h100-80gb-hbm3 ..."""
     info = machine()
     if info["gpu"]:
         return info["gpu"].lower().replace("nvidia ", "").replace(" ", "-")
-    return f"cpu{info['cores']}-{info['cpu'].split()[0].lower()}"
+    vendor = {"amd", "intel", "genuine", "processor", "cpu"}
+    words = ["".join(c for c in w if c.isalnum()) for w in info["cpu"].lower().replace("(r)", "").split()]
+    family = next((w for w in words if w and w not in vendor), "cpu")
+    threads = f"-{info['torch_threads']}threads" if info["torch_threads"] != info["cores"] else ""
+    return f"cpu{info['cores']}-{family}{threads}"
 
 
-def matmul_probe(size: int = 1024, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
-    """Measured GFLOP/s of a square matmul (best of repeated timings)."""
+def matmul_gflops(size: int, dtype: torch.dtype, seconds: float = 0.5) -> dict:
+    """GFLOP/s of a square matmul over repeated timings: best (peak) and median (sustained)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm up the kernel
-    best, deadline = float("inf"), time.perf_counter() + seconds
+    times, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        times.append(time.perf_counter() - start)
+    flops = 2 * size**3 / 1e9
+    return {"best": flops / min(times), "median": flops / statistics.median(times)}
 
 
-def probe_round(size: int = 1024) -> dict:
-    return {"fp32_gflops": matmul_probe(size, torch.float32), "bf16_gflops": matmul_probe(size, torch.bfloat16)}
+def probe(size: int = PROBE_SIZE) -> dict:
+    """The machine's state now: fp32 and bf16 matmul GFLOP/s and the 1-minute load average."""
+    fp32, bf16 = matmul_gflops(size, torch.float32), matmul_gflops(size, torch.bfloat16)
+    return {
+        "size": size,
+        "fp32_gflops": fp32["best"],
+        "fp32_gflops_median": fp32["median"],
+        "bf16_gflops": bf16["best"],
+        "bf16_gflops_median": bf16["median"],
+        "loadavg_1m": os.getloadavg()[0],
+    }
+
+
+def interleaved(arms: dict[str, Callable[[int], float]], rounds: int, label: str = "") -> dict:
+    """Run every arm once per round, in turn, with a probe before each round.
+
+    Each arm is called with the round index and returns its figure (e.g. tokens/s).
+    Returns {"rounds": [{"probe": ..., arm: figure, ...}, ...], arm: summary, ...}.
+    """
+    per_round = []
+    for r in range(rounds):
+        record = {"probe": probe()}
+        for name, arm in arms.items():
+            record[name] = arm(r)
+        per_round.append(record)
+        figures = ", ".join(f"{name} {record[name]:,.0f}" for name in arms)
+        print(
+            f"  {label} round {r + 1}/{rounds}: {figures}  (fp32 probe {record['probe']['fp32_gflops']:.0f} GFLOP/s, load {record['probe']['loadavg_1m']:.1f})"
+        )
+    return {"rounds": per_round} | {name: summary([rec[name] for rec in per_round]) for name in arms}
 
 
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "best": max(values), "rounds": values}
+
+
+def ratios(numerator: list[float], denominator: list[float]) -> dict:
+    """Per-round ratios (each round's arms ran back to back), summarised."""
+    return summary([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def shakespeare_tokens(run_dir: str | None = None):
+    """Real token ids (train, val): Shakespeare prepared by `mai data prepare` in a temporary run
+    directory with the tiny preset's tokenizer, or read from an already prepared `run_dir`."""
+    from mai.run import RunDir
+
+    if run_dir:
+        return np.array(RunDir(run_dir).read_tokens("train")), np.array(RunDir(run_dir).read_tokens("val"))
+    mai = str(Path(sys.executable).parent / "mai")
+    with tempfile.TemporaryDirectory(prefix="mai-bench-") as tmp:
+        run = Path(tmp) / "run"
+        init = [mai, "init", str(run), "--preset", "tiny"]
+        # 1 MB of text (~280k tokens) is plenty for timing and for 200 steps of the loss check.
+        init += ["--set", 'data.sources=[{name = "shakespeare", max_mb = 1.0}]', "--set", "tokenizer.sample_mb=1.0"]
+        subprocess.run(init, check=True, stdout=subprocess.DEVNULL)
+        print("preparing Shakespeare tokens (mai data prepare) ...", flush=True)
+        done = subprocess.run([mai, "data", "prepare", str(run)], capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"`mai data prepare` failed (pass --data RUN_DIR to use prepared tokens):\n{done.stderr[-3000:]}")
+        return shakespeare_tokens(str(run))  # np.array copies them off the memory map
+
+
+def model_pair(preset: str):
+    """Our model and transformers' LlamaForCausalLM built from one config with the same weights.
+
+    Checks that both have the same parameter count and compute the same logits. No eos token,
+    so the peer's generate never stops early. Returns (config, ours, peer, max |logits diff|).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mai.config import load_config
+    from mai.model.hf import hf_config, to_hf
+    from mai.model.transformer import build_model
+
+    config = load_config(preset).model
+    ours = build_model(config, seed=0)
+    peer = LlamaForCausalLM(LlamaConfig(**hf_config(config, None, None)))
+    missing, unexpected = peer.load_state_dict(to_hf(ours.state_dict(), config), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    assert not config.tie_embeddings or peer.lm_head.weight is peer.model.embed_tokens.weight
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(peer), (count(ours), count(peer))
+    tokens = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        max_diff = (ours(tokens) - peer(tokens).logits).abs().max().item()
+    assert max_diff < 1e-4, f"our logits and transformers' differ by {max_diff}"
+    return config, ours, peer, max_diff
 
 
 def write_result(name: str, record: dict) -> Path:
@@ -70,22 +164,9 @@ def write_result(name: str, record: dict) -> Path:
         "bench": name,
         "date": today,
         "machine": machine(),
-        "command": " ".join([sys.executable, *sys.argv]),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     } | record
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}_{today}_{machine_slug()}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
-
-
-def demo_tokens(preset: str = "tiny"):
-    """Real token ids: the tiny preset's Shakespeare, prepared once into bench/.data/."""
-    from mai.run import RunDir
-
-    run = RunDir(Path(__file__).parent / ".data" / preset)
-    if not run.manifest_path.is_file():
-        mai = str(Path(sys.executable).parent / "mai")
-        if not run.config_path.is_file():
-            subprocess.run([mai, "init", str(run.path), "--preset", preset, "--set", "data.max_mb=1.0"], check=True)
-        subprocess.run([mai, "data", "prepare", str(run.path)], check=True, stdout=subprocess.DEVNULL)
-    return run.read_tokens("train"), run.read_tokens("val")
