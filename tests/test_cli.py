@@ -57,6 +57,8 @@ def test_generate_writes_prompt_and_completion_only(trained_run):
         for _ in range(2)
     ]
     assert seeded[0] == seeded[1]
+    bad = run_mai("generate", str(trained_run.path), "--prompt", "x", "--precision", "fp16", check=False)
+    assert_user_error(bad, "precision must be one of auto, fp32, bf16")
 
 
 def test_corrupt_shard_is_named_and_nothing_is_overwritten(trained_run, tmp_path):
@@ -116,7 +118,16 @@ FROZEN_INTERFACE = {
     "eval run": ["--limit", "--out", "--precision", "--tasks", "-t", "path"],
     "eval tasks": [],
     "export hf": ["--dtype", "out", "run_dir"],
-    "generate": ["--max-new-tokens", "--prompt", "--seed", "--temperature", "--top-k", "--top-p", "run_dir"],
+    "generate": [
+        "--max-new-tokens",
+        "--precision",
+        "--prompt",
+        "--seed",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "run_dir",
+    ],
     "import hf": ["run_dir", "source"],
     "init": ["--preset", "--set", "run_dir"],
     "model info": ["--json", "--preset", "--set"],

@@ -32,7 +32,16 @@ def test_transformers_logits_and_greedy_generation_match(trained_run, exported):
         torch.testing.assert_close(ours(tokens), peer(tokens).logits, atol=1e-4, rtol=0)
         peer_out = peer.generate(tokens, max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=0)
     ours_out = run_mai(
-        "generate", str(trained_run.path), "--prompt", text, "--temperature", "0", "--max-new-tokens", "30"
+        "generate",
+        str(trained_run.path),
+        "--prompt",
+        text,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "30",
+        "--precision",
+        "fp32",
     )
     assert ours_out.stdout == hf_tokenizer.decode(peer_out[0], skip_special_tokens=True) + "\n"
 

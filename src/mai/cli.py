@@ -201,12 +201,15 @@ def generate(
     top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 disables.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
+    ] = "auto",
 ):
     """Write the prompt followed by its completion to stdout (logs go to stderr)."""
-    from mai.run import RunDir, load_model
-    from mai.sample import stream_completion
+    from mai.run import RunDir
+    from mai.sample import load_for_generation, stream_completion
 
-    model, _, tokenizer = load_model(RunDir(run_dir).require())
+    model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
     _out(prompt)
     for piece in stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
         _out(piece)

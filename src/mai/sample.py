@@ -7,6 +7,23 @@ import torch
 from mai.errors import MaiError
 from mai.model.generate import generate
 from mai.run import RunDir, atomic_write_json, load_model
+from mai.train.loop import resolve_precision
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def load_for_generation(run: RunDir, precision: str = "auto"):
+    """(model, config, tokenizer) with the weights in the decoding precision.
+
+    'auto' is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX CPUs), as in
+    training: decoding reads every weight once per token, so half the bytes is nearly twice the speed.
+    """
+    if precision not in PRECISIONS:
+        raise MaiError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    model, config, tokenizer = load_model(run)
+    if resolve_precision(precision, next(model.parameters()).device) == "bf16":
+        model.to(torch.bfloat16)
+    return model, config, tokenizer
 
 
 def stream_completion(
@@ -37,7 +54,7 @@ def stream_completion(
 
 def write_samples(run: RunDir) -> dict:
     """Complete the config's prompts with the latest checkpoint into samples.json."""
-    model, config, tokenizer = load_model(run)
+    model, config, tokenizer = load_for_generation(run)
     sc = config.sample
     samples = []
     for i, prompt in enumerate(sc.prompts):

@@ -22,6 +22,20 @@ def test_kv_cache_matches_full_forward():
         torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 12:], atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_model_decodes_over_an_fp32_cache_like_its_full_forward():
+    config = tiny()
+    model = build_model(config, seed=1).eval().to(torch.bfloat16)
+    tokens = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        full = model(tokens).float()
+        cache = KVCache(config, 2, 16)  # fp32, as generate() makes it on CPUs
+        last = model(tokens[:, :10], cache, last_only=True)
+        steps = [model(tokens[:, i : i + 1], cache, last_only=True) for i in range(10, 16)]
+    assert last.shape == (2, 1, 97) and last.dtype == torch.bfloat16
+    torch.testing.assert_close(last.float(), full[:, 9:10], atol=0.02, rtol=0.02)
+    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full[:, 10:], atol=0.02, rtol=0.02)
+
+
 def test_chunked_prefill_after_cache_is_causal():
     config = tiny()
     model = build_model(config).eval()

@@ -47,13 +47,14 @@ def generate(
     if prompt_len >= model.config.max_seq_len:
         raise ValueError(f"prompt of {prompt_len} tokens leaves no room in max_seq_len {model.config.max_seq_len}")
     param = next(model.parameters())
-    cache = KVCache(model.config, batch, max_len, device=param.device, dtype=param.dtype)
+    cache_dtype = torch.float32 if param.device.type == "cpu" else param.dtype
+    cache = KVCache(model.config, batch, max_len, device=param.device, dtype=cache_dtype)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=param.device)
         generator.manual_seed(seed)
     finished = torch.zeros(batch, dtype=torch.bool, device=param.device)
-    logits = model(prompt.to(param.device), cache)[:, -1]  # (B, V)
+    logits = model(prompt.to(param.device), cache, last_only=True)[:, -1]  # (B, V)
     new_tokens = max_len - prompt_len
     for i in range(new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -63,4 +64,4 @@ def generate(
             if bool(finished.all()):
                 return
         if i + 1 < new_tokens:
-            logits = model(token[:, None], cache)[:, -1]
+            logits = model(token[:, None], cache, last_only=True)[:, -1]

@@ -44,7 +44,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Keys and values of every layer for up to max_len positions; `length` positions are filled."""
+    """Keys and values of every layer for up to max_len positions; `length` positions are filled.
+
+    The cache may hold a wider dtype than the model computes in: on CPUs, attention over an fp32
+    cache is several times faster than over a bf16 one, so bf16 models decode with an fp32 cache.
+    """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
@@ -83,7 +87,8 @@ class Attention(nn.Module):
             cache.k[layer, :, :, start:end] = k
             cache.v[layer, :, :, start:end] = v
             k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, K, S, E)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(start, T, q.device), enable_gqa=K != H)
+            mask = causal_mask(start, T, q.device)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=K != H).to(x.dtype)
         y = y.transpose(1, 2).reshape(B, T, H * E)  # (B, T, D)
         return self.wo(y)
 
@@ -136,8 +141,11 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length."""
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length.
+
+        last_only computes logits for the last position alone, (B, 1, V), as decoding needs.
+        """
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.max_seq_len:
@@ -148,6 +156,8 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:]
         x = self.norm(x)
         head = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(x, head)  # (B, T, V)
