@@ -92,3 +92,24 @@ def test_top_k_and_top_p_restrict_the_choices():
     assert picks == {0, 1}
     picks = {int(sample_next(logits, 1.0, 0, 0.5, generator)) for _ in range(200)}
     assert picks == {0}
+
+
+def test_ragged_batch_matches_each_row_decoded_alone():
+    config = tiny("model.n_kv_heads=2")
+    model = build_model(config, seed=2).eval()
+    prompts = [torch.randint(0, 97, (1, n)) for n in (3, 9, 6)]
+    cache = KVCache(config, 4, 20)  # one spare row: a ragged batch uses the cache's first rows
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):  # prefill each row at its own length
+            single = KVCache(config, 1, 20)
+            model(prompt, single)
+            cache.k[:, row], cache.v[:, row] = single.k[:, 0], single.v[:, 0]
+        lengths = torch.tensor([p.shape[1] for p in prompts])
+        tokens = torch.randint(0, 97, (3, 4))
+        steps = [model(tokens[:, i : i + 1], cache, lengths=lengths + i) for i in range(4)]
+        chunk = model(tokens[:, :2], cache, lengths=lengths)  # several new tokens per row at once
+    for row, prompt in enumerate(prompts):
+        with torch.no_grad():
+            alone = model(torch.cat([prompt, tokens[row : row + 1]], dim=1))[0, prompt.shape[1] :]
+        torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(chunk[row], alone[:2], atol=1e-5, rtol=1e-5)

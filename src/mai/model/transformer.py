@@ -4,6 +4,7 @@ RMSNorm, rotary position embeddings (the "rotate half" layout transformers uses,
 one to one), grouped-query attention through scaled_dot_product_attention, SwiGLU, optional
 QK-norm, tied or untied embeddings, and a static KV cache for decoding. Parallelism, compile and
 precision are applied from outside; nothing here knows about devices or distributed training.
+A ragged batch (rows at different positions, as a serving engine's) passes per-row positions.
 
 Shape letters: B batch, T sequence (new tokens), S cached + new tokens, D d_model,
 H query heads, K key/value heads, E head_dim, F ffn hidden, V vocab.
@@ -37,7 +38,7 @@ def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, heads, T, E) by position; cos/sin are (T, E)."""
+    """Rotate (B, heads, T, E) by position; cos/sin are (T, E), or (B, 1, T, E) for a ragged batch."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -68,7 +69,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, ragged=None):
         B, T, _ = x.shape
         H, K, E = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.wqkv(x)  # (B, T, (H + 2K)·E)
@@ -82,6 +83,14 @@ class Attention(nn.Module):
 
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+        elif ragged is not None:
+            positions, mask = ragged  # (B, T) positions of the new tokens, (B, 1, T, S) what each may see
+            rows = torch.arange(B, device=x.device)[:, None]
+            cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k.dtype)  # (B, T, K, E) into rows 0..B-1
+            cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v.dtype)
+            S = mask.shape[-1]
+            k, v = cache.k[layer, :B, :, :S], cache.v[layer, :B, :, :S]  # (B, K, S, E)
+            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=K != H).to(x.dtype)
         else:
             start, end = cache.length, cache.length + T
             cache.k[layer, :, :, start:end] = k
@@ -124,8 +133,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
-        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache=None, layer=0, ragged=None):
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, ragged)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -141,20 +150,38 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length.
 
         last_only computes logits for the last position alone, (B, 1, V), as decoding needs.
+        A ragged batch passes `lengths` (B,) too: row b's tokens continue after lengths[b] tokens
+        already in cache row b (rows 0..B-1 of a cache that may hold more); cache.length is not used.
         """
         B, T = tokens.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, E)
+        ragged = None
+        if lengths is not None:
+            positions = lengths[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+            S = int(positions.max()) + 1
+            if S > self.config.max_seq_len:
+                raise ValueError(f"sequence of {S} tokens exceeds max_seq_len {self.config.max_seq_len}")
+            mask = torch.arange(S, device=tokens.device) <= positions[:, :, None]  # (B, T, S)
+            ragged = positions, mask[:, None]
+            cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, E)
+        else:
+            start = cache.length if cache is not None else 0
+            if start + T > self.config.max_seq_len:
+                raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, E)
         x = self.tok_embeddings(tokens)  # (B, T, D)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i)
-        if cache is not None:
+            x = layer(x, cos, sin, cache, i, ragged)
+        if cache is not None and lengths is None:
             cache.length += T
         if last_only:
             x = x[:, -1:]
