@@ -14,6 +14,7 @@ from mai.run import RunDir
 from mai.train.loop import train
 
 MAI = str(Path(sys.executable).parent / "mai")
+pytest_plugins = ["serve.live_server"]  # fixtures `server` and `client`: a real `mai serve` on loopback
 
 # The demo's model shapes (tiny preset) on less data and fewer, smaller steps.
 FAST = [

@@ -133,6 +133,7 @@ FROZEN_INTERFACE = {
     "model info": ["--json", "--preset", "--set"],
     "report": ["run_dir"],
     "run": ["--run-dir", "--set", "preset"],
+    "serve": ["--api-key-env", "--host", "--max-batch", "--max-context", "--max-waiting", "--port", "path"],
     "tokenizer train": ["run_dir"],
     "train": ["--resume", "--set", "run_dir"],
 }

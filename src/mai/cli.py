@@ -217,6 +217,28 @@ def generate(
 
 
 @app.command()
+def serve(
+    path: Annotated[Path, typer.Argument(help="Run directory, or a transformers directory from `mai export hf`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key clients must send as Bearer.")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Sequences decoded together (KV cache rows).")] = 16,
+    max_context: Annotated[
+        int | None, typer.Option(min=2, help="Tokens per sequence, prompt included (default: the model's).")
+    ] = None,
+    max_waiting: Annotated[int, typer.Option(min=1, help="Queued sequences before answering 429.")] = 256,
+):
+    """Serve the model over an OpenAI-compatible API, with a chat page at /."""
+    from mai.serve.server import serve as run_server
+
+    if not path.is_dir():
+        raise MaiError(f"{path} is not a directory; pass a run directory or a `mai export hf` directory")
+    run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting)
+
+
+@app.command()
 def report(run_dir: RunArg):
     """Render report.md and PNG plots from the run directory."""
     from mai.report import write_report

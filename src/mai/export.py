@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mai.config import RunConfig, validate_config
+from mai.config import ModelConfig, RunConfig, validate_config
 from mai.errors import MaiError
 from mai.model import hf
 from mai.model.transformer import build_model
@@ -73,6 +73,19 @@ def import_hf(source: Path, run: RunDir) -> RunConfig:
     atomic_write_json(checkpoint / "meta.json", meta | {"step": 0, "imported_from": str(source)})
     atomic_write_text(run.checkpoints_dir / "latest", checkpoint.name + "\n")
     return config
+
+
+def load_hf_dir(source: Path):
+    """A transformers checkpoint directory as our model (eval mode) and tokenizer, without a run directory."""
+    hf_config, hf_state, tokenizer = _read_hf_dir(source)
+    try:
+        config = ModelConfig(**hf.config_from_hf(hf_config))
+        state = hf.from_hf(hf_state, config)
+    except (KeyError, ValueError) as e:
+        raise MaiError(f"{source}: cannot load this checkpoint ({e})") from None
+    model = build_model(config)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval(), tokenizer
 
 
 def _find_gguf(source: Path) -> Path | None:

@@ -1,0 +1,1 @@
+"""Serving: the continuous-batching engine, the OpenAI-compatible server, the chat page and the gateway."""

@@ -1,0 +1,284 @@
+"""The serving engine: continuous batching over a KV cache with one row per running sequence.
+
+A sequence is one returned choice. Submitted sequences wait in a queue; one background thread loops:
+
+1. admit waiting sequences into free cache rows: prefill each prompt alone (exactly as `mai generate`
+   does), copy its keys and values into the row, and sample its first token;
+2. decode one token for every running row together, a ragged batch in which each row is at its own
+   length (the model's `lengths` argument);
+3. retire rows that finished (stop token, stop string, max_tokens, context) or whose client went
+   away, moving the last row into the gap so the running rows stay 0..n-1.
+
+The cache is allocated once: max_batch rows of max_context positions, the memory budget. Results go
+back through each sequence's `emit` callback, called on the engine thread.
+"""
+
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from mai.model.generate import sample_next
+from mai.model.transformer import KVCache, Transformer
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit; the client should retry later."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # alternatives to report per token; None reports no logprobs
+    prompt_logprobs: bool = False  # also the prompt's tokens (echo with logprobs)
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # the most likely alternatives, best first
+
+
+@dataclass
+class Output:
+    """What a sequence reports after a step: new text and tokens, and finish_reason on the last one."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Stats:
+    """Counters and gauges the server exposes as metrics."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_used_tokens: int = 0
+    kv_cache_capacity_tokens: int = 0
+
+
+class Sequence:
+    """One choice being generated: its prompt, sampling, tokens so far and text sent so far."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, emit: Callable[[Output], None]):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.emit = emit
+        self.cancelled = False
+        self.submitted = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.output_ids: list[int] = []
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator()
+            self.generator.manual_seed(params.seed)
+        self.text = ""  # decoded completion so far
+        self.sent = 0  # characters of self.text already emitted
+        self.prefix_offset = 0  # incremental detokenization window over output_ids
+        self.read_offset = 0
+
+    def cancel(self) -> None:
+        """Stop generating at the next step (the client went away); safe from any thread."""
+        self.cancelled = True
+
+
+class Engine:
+    """Continuous batching of sequences over `model`, on a background thread started by start()."""
+
+    def __init__(self, model: Transformer, tokenizer, max_batch: int, max_context: int, max_waiting: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_context = max_context
+        self.max_waiting = max_waiting
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.cache = KVCache(model.config, max_batch, max_context, device=self.device, dtype=self.dtype)
+        self.scratch = KVCache(model.config, 1, max_context, device=self.device, dtype=self.dtype)
+        self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.running: list[Sequence] = []
+        self.waiting: deque[Sequence] = deque()
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="mai-engine", daemon=True)
+        self.on_token: Callable[[Sequence, float], None] = lambda seq, now: None  # metrics hook
+
+    def start(self) -> "Engine":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.thread.join()
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queue sequences (all or none); QueueFull when the queue would pass max_waiting."""
+        with self.wake:
+            if len(self.waiting) + len(sequences) > self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} sequences are waiting (limit {self.max_waiting})")
+            self.waiting.extend(sequences)
+            self.wake.notify()
+
+    def stats(self) -> Stats:
+        running = list(self.running)
+        return Stats(
+            running=len(running),
+            waiting=len(self.waiting),
+            kv_cache_used_tokens=sum(len(s.prompt_ids) + len(s.output_ids) for s in running),
+            kv_cache_capacity_tokens=self.max_batch * self.max_context,
+        )
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self.wake:
+                    while not self.stopping and not self.waiting and not self.running:
+                        self.wake.wait()
+                    if self.stopping:
+                        return
+                try:
+                    self._admit()
+                    if self.running:
+                        self._decode()
+                except Exception:  # a bug: fail the batch, keep serving, keep the traceback in the log
+                    traceback.print_exc()
+                    for seq in self.running:
+                        seq.emit(Output(finish_reason="error"))
+                    self.running.clear()
+
+    def _admit(self, prefill_budget: int = 4096) -> None:
+        """Prefill waiting sequences into free rows, up to about prefill_budget prompt tokens per step."""
+        while len(self.running) < self.max_batch and prefill_budget > 0:
+            with self.wake:
+                if not self.waiting:
+                    return
+                seq = self.waiting.popleft()
+            if seq.cancelled:
+                continue
+            prefill_budget -= len(seq.prompt_ids)
+            try:
+                self._prefill(seq)
+            except Exception:
+                seq.emit(Output(finish_reason="error"))
+                raise
+
+    def _prefill(self, seq: Sequence) -> None:
+        T = len(seq.prompt_ids)
+        self.scratch.length = 0
+        logits = self.model(torch.tensor([seq.prompt_ids], device=self.device), self.scratch)[0]  # (T, V)
+        prompt_logprobs = None
+        if seq.params.prompt_logprobs:
+            k = max(seq.params.logprobs or 0, 1)
+            targets = torch.tensor(seq.prompt_ids[1:], device=self.device)
+            prompt_logprobs = [None, *token_logprobs(logits[:-1], targets, k)]
+        if seq.params.max_tokens == 0:
+            seq.emit(Output(prompt_logprobs=prompt_logprobs, finish_reason="length"))
+            return
+        row = len(self.running)
+        self.cache.k[:, row, :, :T] = self.scratch.k[:, 0, :, :T]
+        self.cache.v[:, row, :, :T] = self.scratch.v[:, 0, :, :T]
+        self.lengths[row] = T
+        self.running.append(seq)
+        if not self._advance(seq, logits[-1:], prompt_logprobs):
+            self._retire([row])
+
+    def _decode(self) -> None:
+        n = len(self.running)
+        tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)  # (n, 1)
+        logits = self.model(tokens, self.cache, self.lengths[:n])[:, -1]  # (n, V)
+        self.lengths[:n] += 1
+        done = [row for row, seq in enumerate(self.running) if not self._advance(seq, logits[row : row + 1])]
+        self._retire(done)
+
+    def _advance(self, seq: Sequence, logits: torch.Tensor, prompt_logprobs=None) -> bool:
+        """Sample seq's next token from logits (1, V) and emit it; False when seq is finished."""
+        if seq.cancelled:
+            return False
+        p = seq.params
+        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
+        now = time.perf_counter()
+        self.on_token(seq, now)
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
+        out = Output(token_ids=[token], prompt_logprobs=prompt_logprobs)
+        if p.logprobs is not None:
+            out.logprobs = token_logprobs(logits, torch.tensor([token], device=logits.device), max(p.logprobs, 1))
+        if token in p.stop_ids:
+            out.text, out.finish_reason = self._flush(seq), "stop"
+        else:
+            seq.output_ids.append(token)
+            out.text, out.finish_reason = self._detokenize(seq)
+        if out.finish_reason is None:
+            total = len(seq.prompt_ids) + len(seq.output_ids)
+            if len(seq.output_ids) >= p.max_tokens or total >= self.max_context:
+                out.finish_reason = "length"
+                out.text += self._flush(seq)
+        seq.emit(out)
+        return out.finish_reason is None
+
+    def _detokenize(self, seq: Sequence) -> tuple[str, str | None]:
+        """New text safe to send (never half a character or a possible stop string's start), and "stop" on a stop string."""
+        ids = seq.output_ids
+        before = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+        after = self.tokenizer.decode(ids[seq.prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            seq.text += after[len(before) :]
+            seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+        stops = seq.params.stop
+        if stops:
+            search_from = max(0, seq.sent - max(map(len, stops)))
+            hits = [i for i in (seq.text.find(s, search_from) for s in stops) if i >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                new, seq.sent = seq.text[seq.sent :], len(seq.text)
+                return new, "stop"
+        held = max((n for s in stops for n in range(1, len(s)) if seq.text.endswith(s[:n])), default=0)
+        end = len(seq.text) - held
+        new, seq.sent = seq.text[seq.sent : end], max(seq.sent, end)
+        return new, None
+
+    def _flush(self, seq: Sequence) -> str:
+        """The rest of the completion not yet sent, at its end (held-back text and any partial character)."""
+        seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        new, seq.sent = seq.text[seq.sent :], len(seq.text)
+        return new
+
+    def _retire(self, rows: list[int]) -> None:
+        """Free finished rows, moving the last running row into each gap."""
+        for row in sorted(rows, reverse=True):
+            last = len(self.running) - 1
+            if row != last:
+                length = int(self.lengths[last])
+                self.cache.k[:, row, :, :length] = self.cache.k[:, last, :, :length]
+                self.cache.v[:, row, :, :length] = self.cache.v[:, last, :, :length]
+                self.lengths[row] = length
+                self.running[row] = self.running[last]
+            self.running.pop()
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """Log-probabilities of targets (N,) under logits (N, V), with the k most likely tokens of each row."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(-1, targets[:, None])[:, 0].tolist()
+    top_values, top_ids = logprobs.topk(k, dim=-1)
+    return [
+        TokenLogprob(int(t), lp, list(zip(ids, values, strict=True)))
+        for t, lp, ids, values in zip(targets.tolist(), chosen, top_ids.tolist(), top_values.tolist(), strict=True)
+    ]

@@ -1,0 +1,443 @@
+"""`mai serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the batching engine.
+
+Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (both streaming as SSE
+ending in `data: [DONE]`), GET /health, GET /metrics (Prometheus), and the chat page at GET /.
+Every error leaves as OpenAI's shape, {"error": {"message", "type", "param", "code"}}, from the
+handlers in `add_error_handlers`.
+"""
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mai.errors import MaiError
+from mai.serve import protocol as p
+from mai.serve.engine import Engine, Output, QueueFull, SamplingParams, Sequence, TokenLogprob
+from mai.tokenizer import IM_END
+
+STATIC = Path(__file__).parent / "static"
+
+
+class ApiError(Exception):
+    """An error answered to the client: HTTP status, message that says what to do, offending parameter."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type = status, message, param, type
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str
+    api_key: str | None = None  # when set, /v1 routes need `Authorization: Bearer <api_key>`
+
+
+def load_for_serving(path: Path, device: str = "cpu"):
+    """Model and tokenizer from a run directory (config.toml) or a transformers directory (config.json)."""
+    from mai.export import load_hf_dir
+    from mai.run import RunDir, load_model
+
+    if (path / "config.toml").is_file():
+        model, _, tokenizer = load_model(RunDir(path), device)
+        return model, tokenizer
+    if (path / "config.json").is_file():
+        model, tokenizer = load_hf_dir(path)
+        return model.to(device), tokenizer
+    raise MaiError(f"{path} is neither a run directory (config.toml) nor a transformers directory (config.json)")
+
+
+class Metrics:
+    """Prometheus metrics of one server, in a registry of its own."""
+
+    def __init__(self, engine: Engine):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("mai_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("mai_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.generated_tokens = Counter("mai_generation_tokens", "Tokens generated", registry=r)
+        latency_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+        self.ttft = Histogram(
+            "mai_time_to_first_token_seconds", "Submit to first token", buckets=latency_buckets, registry=r
+        )
+        self.tpot = Histogram(
+            "mai_time_per_output_token_seconds", "Between consecutive tokens", buckets=latency_buckets, registry=r
+        )
+        Gauge("mai_requests_running", "Sequences in the batch", registry=r).set_function(lambda: engine.stats().running)
+        Gauge("mai_requests_waiting", "Sequences queued", registry=r).set_function(lambda: engine.stats().waiting)
+        Gauge("mai_kv_cache_usage_ratio", "Cached tokens over KV cache capacity", registry=r).set_function(
+            lambda: engine.stats().kv_cache_used_tokens / engine.stats().kv_cache_capacity_tokens
+        )
+
+    def on_token(self, seq: Sequence, now: float) -> None:
+        """Engine hook, called on the engine thread before each token is emitted."""
+        self.generated_tokens.inc()
+        if seq.first_token_at is None:
+            self.prompt_tokens.inc(len(seq.prompt_ids))
+            self.ttft.observe(now - seq.submitted)
+        else:
+            self.tpot.observe(now - seq.last_token_at)
+
+
+def build_app(engine: Engine, settings: Settings) -> FastAPI:
+    """The FastAPI app over a started engine."""
+    app = FastAPI(title="mai", description="OpenAI-compatible API over a mai model.", version="1")
+    metrics = Metrics(engine)
+    engine.on_token = metrics.on_token
+    tokenizer = engine.tokenizer
+    created = int(time.time())
+    add_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        response = await call_next(request)
+        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    def check_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        if request.headers.get("authorization", "") != f"Bearer {settings.api_key}":
+            raise ApiError(
+                401, "missing or wrong API key: send 'Authorization: Bearer KEY'", type="authentication_error"
+            )
+
+    @app.get("/", include_in_schema=False)
+    def chat_page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    def models() -> p.ModelList:
+        return p.ModelList(
+            data=[p.ModelCard(id=settings.model_name, created=created, max_model_len=engine.max_context)]
+        )
+
+    @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=None)
+    async def completions(body: p.CompletionRequest, request: Request):
+        check_model(body.model, settings)
+        prompts = completion_prompts(body.prompt, tokenizer)
+        for ids in prompts:
+            check_prompt(ids, engine, tokenizer.vocab_size, body.max_tokens == 0)
+        stop_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+        jobs = [
+            (ids, sampling(body, body.max_tokens, ids, engine, stop_ids, body.logprobs, body.echo, j))
+            for ids in prompts
+            for j in range(body.n)
+        ]
+        submitted = Submitted(engine, jobs)
+        header = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
+        if body.stream:
+            return sse(stream_completion(submitted, jobs, body, header, tokenizer, request), submitted)
+        outputs = await collect(submitted, request)
+        choices = [
+            completion_choice(i, ids, body, tokenizer, outs)
+            for i, ((ids, _), outs) in enumerate(zip(jobs, outputs, strict=True))
+        ]
+        return p.CompletionResponse(**header, choices=choices, usage=usage(prompts, outputs))
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
+    async def chat_completions(body: p.ChatCompletionRequest, request: Request):
+        check_model(body.model, settings)
+        ids = chat_prompt(body.messages, tokenizer)
+        check_prompt(ids, engine, tokenizer.vocab_size, False)
+        stop_ids = tuple(i for i in (tokenizer.eos_id, tokenizer.backend.token_to_id(IM_END)) if i is not None)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        jobs = [(ids, sampling(body, max_tokens, ids, engine, stop_ids, logprobs, False, j)) for j in range(body.n)]
+        submitted = Submitted(engine, jobs)
+        header = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
+        if body.stream:
+            return sse(stream_chat(submitted, jobs, body, header, tokenizer, request), submitted)
+        outputs = await collect(submitted, request)
+        choices = []
+        for i, outs in enumerate(outputs):
+            text = "".join(o.text for o in outs)
+            lps = chat_logprobs([lp for o in outs for lp in o.logprobs], tokenizer) if body.logprobs else None
+            choices.append(
+                p.ChatChoice(
+                    index=i,
+                    message=p.AssistantMessage(content=text),
+                    logprobs=lps,
+                    finish_reason=outs[-1].finish_reason,
+                )
+            )
+        return p.ChatCompletionResponse(**header, choices=choices, usage=usage([ids], outputs))
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """The one place errors become OpenAI-shaped JSON."""
+
+    def error(status: int, message: str, param=None, type="invalid_request_error", headers=None) -> JSONResponse:
+        body = p.ErrorResponse(error=p.ErrorInfo(message=message, type=type, param=param, code=None))
+        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return error(e.status, e.message, e.param, e.type)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, e: QueueFull):
+        return error(
+            429, f"the server is busy ({e}); retry shortly", type="rate_limit_error", headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):
+        return error(500, "internal error; the traceback is in the server log", type="server_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        return error(400, f"invalid request: {param or 'body'}: {first['msg']}", param)
+
+
+def check_model(name: str, settings: Settings) -> None:
+    if name != settings.model_name:
+        raise ApiError(404, f"model {name!r} does not exist; this server serves {settings.model_name!r}", "model")
+
+
+def completion_prompts(prompt, tokenizer) -> list[list[int]]:
+    """Token ids of each prompt: a string, several strings, ids, or several lists of ids."""
+    if isinstance(prompt, str):
+        return [tokenizer.encode(prompt)]
+    if not prompt:
+        raise ApiError(400, "prompt is empty; send a string or a list of token ids", "prompt")
+    if isinstance(prompt[0], int):
+        return [prompt]
+    if isinstance(prompt[0], str):
+        return [tokenizer.encode(text) for text in prompt]
+    return prompt
+
+
+def chat_prompt(messages: list[p.ChatMessage], tokenizer) -> list[int]:
+    template = jinja2.Environment().from_string(tokenizer.chat_template)
+    text = template.render(
+        messages=[{"role": m.role, "content": m.text()} for m in messages],
+        add_generation_prompt=True,
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+    )
+    return tokenizer.encode(text)
+
+
+def check_prompt(ids: list[int], engine: Engine, vocab_size: int, echo_only: bool) -> None:
+    if not ids:
+        raise ApiError(400, "a prompt has no tokens; send at least one", "prompt")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ApiError(400, f"token ids must be in [0, {vocab_size}); the prompt has {max(ids)}", "prompt")
+    limit = engine.max_context if echo_only else engine.max_context - 1
+    if len(ids) > limit:
+        raise ApiError(
+            400,
+            f"the prompt is {len(ids)} tokens but this model's context is {engine.max_context} tokens "
+            "(prompt and completion together); shorten the prompt",
+            "prompt",
+        )
+
+
+def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) -> SamplingParams:
+    """Sampling for one choice; choice j of a seeded request uses seed + j, so choices differ."""
+    room = engine.max_context - len(ids)
+    return SamplingParams(
+        max_tokens=room if max_tokens is None else min(max_tokens, room),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=max(body.top_k, 0),
+        seed=None if body.seed is None else body.seed + choice,
+        stop=tuple(body.stop or ()),
+        stop_ids=stop_ids,
+        logprobs=logprobs,
+        prompt_logprobs=echo and logprobs is not None,
+    )
+
+
+class Submitted:
+    """The choices of one request in the engine; their outputs arrive on `queue` as (choice, Output)."""
+
+    def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams]]):
+        loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+        self.sequences = [
+            Sequence(ids, params, lambda out, i=i: loop.call_soon_threadsafe(self.queue.put_nowait, (i, out)))
+            for i, (ids, params) in enumerate(jobs)
+        ]
+        engine.submit(self.sequences)
+
+    def cancel(self) -> None:
+        for seq in self.sequences:
+            seq.cancel()
+
+
+async def outputs_of(submitted: Submitted, request: Request):
+    """(choice, Output) until every choice has finished; cancels them all if the client goes away."""
+    done, count = 0, len(submitted.sequences)
+    try:
+        while done < count:
+            try:
+                choice, out = await asyncio.wait_for(submitted.queue.get(), timeout=1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if out.finish_reason == "error":
+                raise ApiError(500, "the engine failed on this request; see the server log", type="server_error")
+            done += out.finish_reason is not None
+            yield choice, out
+    finally:
+        submitted.cancel()
+
+
+async def collect(submitted: Submitted, request: Request) -> list[list[Output]]:
+    outputs = [[] for _ in submitted.sequences]
+    async for choice, out in outputs_of(submitted, request):
+        outputs[choice].append(out)
+    return outputs
+
+
+def sse(events, submitted: Submitted) -> StreamingResponse:
+    """Server-sent events ending in [DONE]; a client that goes away cancels the request's choices."""
+
+    async def body():
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            submitted.cancel()
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+def usage(prompts: list[list[int]], outputs: list[list[Output]]) -> p.Usage:
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    completion_tokens = sum(len(o.token_ids) for outs in outputs for o in outs)
+    return p.Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+def completion_choice(index, ids, body, tokenizer, outs: list[Output]) -> p.CompletionChoice:
+    text = "".join(o.text for o in outs)
+    logprobs = None
+    if body.logprobs is not None:
+        entries = [lp for o in outs for lp in o.logprobs]
+        if body.echo:
+            entries = (outs[0].prompt_logprobs or []) + entries
+        logprobs = completion_logprobs(entries, ids if body.echo else [], tokenizer, 0)
+    if body.echo:
+        text = prompt_text(body, ids, tokenizer) + text
+    return p.CompletionChoice(index=index, text=text, logprobs=logprobs, finish_reason=outs[-1].finish_reason)
+
+
+def prompt_text(body: p.CompletionRequest, ids: list[int], tokenizer) -> str:
+    """The prompt as echoed: the text sent, or the token ids decoded."""
+    return body.prompt if isinstance(body.prompt, str) else tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def completion_logprobs(entries, prompt_ids, tokenizer, offset: int) -> p.CompletionLogprobs:
+    """Legacy completions logprobs; a prompt's first token has none (entries holds None for it)."""
+    result = p.CompletionLogprobs()
+    token_ids = [e.token_id if e else prompt_ids[0] for e in entries]
+    for token_id, e in zip(token_ids, entries, strict=True):
+        result.tokens.append(tokenizer.decode([token_id]))
+        result.token_logprobs.append(e.logprob if e else None)
+        result.top_logprobs.append({tokenizer.decode([t]): lp for t, lp in e.top} if e else None)
+        result.text_offset.append(offset)
+        offset += len(tokenizer.decode([token_id], skip_special_tokens=True))
+    return result
+
+
+def chat_logprobs(entries: list[TokenLogprob], tokenizer) -> p.ChatLogprobs:
+    def top(token_id, logprob):
+        text = tokenizer.decode([token_id])
+        return p.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+
+    return p.ChatLogprobs(
+        content=[
+            p.ChatTokenLogprob(**top(e.token_id, e.logprob).model_dump(), top_logprobs=[top(t, lp) for t, lp in e.top])
+            for e in entries
+        ]
+    )
+
+
+async def stream_completion(submitted, jobs, body, header, tokenizer, request):
+    offsets = [0] * len(jobs)
+    outputs = [[] for _ in jobs]
+    async for i, out in outputs_of(submitted, request):
+        outputs[i].append(out)
+        ids = jobs[i][0]
+        text, entries = out.text, list(out.logprobs)
+        if body.echo and len(outputs[i]) == 1:
+            text, entries = prompt_text(body, ids, tokenizer) + text, (out.prompt_logprobs or []) + entries
+        logprobs = None
+        if body.logprobs is not None:
+            logprobs = completion_logprobs(entries, ids, tokenizer, offsets[i]).model_dump()
+        offsets[i] += len(text)
+        if text or out.finish_reason:
+            choice = {"index": i, "text": text, "logprobs": logprobs, "finish_reason": out.finish_reason}
+            yield {**header, "object": "text_completion", "choices": [choice]}
+    if body.stream_options and body.stream_options.include_usage:
+        prompts = [ids for ids, _ in jobs[:: body.n]]
+        yield {**header, "object": "text_completion", "choices": [], "usage": usage(prompts, outputs).model_dump()}
+
+
+async def stream_chat(submitted, jobs, body, header, tokenizer, request):
+    base = {**header, "object": "chat.completion.chunk"}
+    for i in range(len(jobs)):
+        yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    outputs = [[] for _ in jobs]
+    async for i, out in outputs_of(submitted, request):
+        outputs[i].append(out)
+        if out.text or out.finish_reason:
+            lps = chat_logprobs(out.logprobs, tokenizer).model_dump() if body.logprobs else None
+            delta = {"content": out.text} if out.text else {}
+            yield {
+                **base,
+                "choices": [{"index": i, "delta": delta, "logprobs": lps, "finish_reason": out.finish_reason}],
+            }
+    if body.stream_options and body.stream_options.include_usage:
+        yield {**base, "choices": [], "usage": usage([jobs[0][0]], outputs).model_dump()}
+
+
+def serve(
+    path: Path, host: str, port: int, api_key_env: str | None, max_batch: int, max_context: int | None, max_waiting: int
+) -> None:
+    """Load the model, start the engine and run uvicorn until interrupted."""
+    import uvicorn
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise MaiError(f"environment variable {api_key_env} is empty or unset; export the API key in it")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_for_serving(path, device)
+    if device == "cuda":
+        model = model.to(torch.bfloat16)
+    context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
+    engine = Engine(model, tokenizer, max_batch, context, max_waiting).start()
+    settings = Settings(path.resolve().name, api_key)
+    try:
+        uvicorn.run(build_app(engine, settings), host=host, port=port, log_level="warning")
+    finally:
+        engine.stop()

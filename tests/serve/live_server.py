@@ -1,0 +1,58 @@
+"""A real `mai serve` process on loopback over the session's trained tiny model, and clients for it (a pytest plugin)."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+MAI = str(Path(sys.executable).parent / "mai")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`mai serve PATH ...` in a subprocess; url, model name and the process to check or kill."""
+
+    def __init__(self, path: Path, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = path.resolve().name
+        command = [MAI, "serve", str(path), "--port", str(self.port), *args]
+        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"mai serve exited {self.process.returncode}: {self.process.stderr.read()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError("mai serve did not answer /health within 120 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(trained_run):
+    server = Server(trained_run.path, "--max-batch", "8", "--max-waiting", "64")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)

@@ -1,0 +1,136 @@
+"""The server through the official `openai` client, unmodified, and through plain HTTP for errors."""
+
+import math
+
+import httpx
+import openai
+import pytest
+
+from conftest import run_mai
+
+
+def test_models_list(client, server):
+    models = client.models.list().data
+    assert [m.id for m in models] == [server.model]
+
+
+def test_greedy_completion_equals_mai_generate(client, server, trained_run):
+    for prompt in ("ROMEO:", "The king"):
+        expected = run_mai(
+            "generate", str(trained_run.path), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "24"
+        ).stdout
+        answer = client.completions.create(model=server.model, prompt=prompt, max_tokens=24, temperature=0)
+        assert prompt + answer.choices[0].text + "\n" == expected
+        assert answer.usage.completion_tokens <= 24 and answer.usage.prompt_tokens > 0
+
+
+def test_prompt_list_and_n_choices(client, server):
+    answer = client.completions.create(model=server.model, prompt=["ROMEO:", "JULIET:"], n=3, max_tokens=8, seed=1)
+    assert [c.index for c in answer.choices] == list(range(6))
+    assert len({c.text for c in answer.choices[:3]}) > 1  # choices of one prompt differ
+    assert answer.usage.completion_tokens == sum(8 for _ in answer.choices)  # no EOS this early
+
+
+def test_seed_reproduces_sampling(client, server):
+    def sample(seed):
+        kwargs = dict(model=server.model, max_tokens=16, temperature=1.0, top_p=0.9, seed=seed)
+        return client.completions.create(prompt="The", **kwargs).choices[0].text
+
+    assert sample(5) == sample(5)
+    assert sample(5) != sample(6) or sample(7) != sample(5)
+
+
+def test_stop_strings_end_the_text(client, server):
+    free = client.completions.create(model=server.model, prompt="ROMEO:", max_tokens=40, temperature=0)
+    text = free.choices[0].text
+    stop = text[10:12]  # a string the greedy completion is known to contain
+    stopped = client.completions.create(model=server.model, prompt="ROMEO:", max_tokens=40, temperature=0, stop=[stop])
+    assert stopped.choices[0].text == text[: text.index(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = client.completions.create(
+        model=server.model, prompt="ROMEO:", max_tokens=40, temperature=0, stop=stop, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == text[: text.index(stop)]
+
+
+def test_chat_completion_and_streaming_agree(client, server):
+    messages = [{"role": "system", "content": "You are Shakespeare."}, {"role": "user", "content": "Speak."}]
+    answer = client.chat.completions.create(model=server.model, messages=messages, max_tokens=20, temperature=0)
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    stream = client.chat.completions.create(
+        model=server.model,
+        messages=messages,
+        max_tokens=20,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 1  # token by token, not one blob
+    assert "".join(pieces) == choice.message.content
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+
+def test_chat_n_choices_stream(client, server):
+    stream = client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Hi"}], n=3, max_tokens=10, seed=3, stream=True
+    )
+    texts = ["", "", ""]
+    finished = set()
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            if c.finish_reason:
+                finished.add(c.index)
+    assert finished == {0, 1, 2} and len(set(texts)) > 1
+
+
+def test_echo_logprobs_are_prompt_loglikelihoods(client, server):
+    answer = client.completions.create(
+        model=server.model, prompt="To be, or not to be", max_tokens=1, temperature=0, echo=True, logprobs=2
+    )
+    choice = answer.choices[0]
+    lp = choice.logprobs
+    assert choice.text.startswith("To be, or not to be")
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == answer.usage.total_tokens
+    assert all(len(top) <= 2 for top in lp.top_logprobs[1:])
+    # the greedy token is the best of its top list
+    assert math.isclose(lp.token_logprobs[-1], max(lp.top_logprobs[-1].values()), abs_tol=1e-6)
+    chat = client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True, top_logprobs=2
+    )
+    assert len(chat.choices[0].logprobs.content) >= 1
+
+
+def test_errors_have_openai_shape(client, server):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=server.model, prompt="word " * 2000, max_tokens=4)
+    assert "context" in e.value.message and e.value.body["param"] == "prompt"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=server.model, prompt="x", temperature=7)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="x")
+    response = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=10)
+    assert response.status_code == 400 and set(response.json()["error"]) >= {"message", "type", "param", "code"}
+
+
+def test_health_and_metrics(client, server):
+    client.completions.create(model=server.model, prompt="x", max_tokens=2)
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "mai_requests_total",
+        "mai_prompt_tokens_total",
+        "mai_generation_tokens_total",
+        "mai_time_to_first_token_seconds_bucket",
+        "mai_time_per_output_token_seconds_bucket",
+        "mai_requests_running",
+        "mai_requests_waiting",
+        "mai_kv_cache_usage_ratio",
+    ):
+        assert name in text
