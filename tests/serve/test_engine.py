@@ -1,0 +1,105 @@
+"""The batching engine in-process: rows join and leave mid-flight, outputs match decoding alone."""
+
+import threading
+
+import pytest
+import torch
+
+from mai.model.generate import generate
+from mai.run import load_model
+from mai.serve.engine import Engine, QueueFull, SamplingParams, Sequence
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    model, _, tokenizer = load_model(trained_run)
+    return model, tokenizer
+
+
+class Collector:
+    """Emit callback gathering one sequence's tokens; `done` is set at its finish."""
+
+    def __init__(self, engine=None):
+        self.tokens, self.text, self.finish, self.done = [], "", None, threading.Event()
+        self.engine, self.batch_sizes = engine, []
+
+    def __call__(self, out):
+        self.tokens += out.token_ids
+        self.text += out.text
+        if self.engine is not None:
+            self.batch_sizes.append(len(self.engine.running))
+        if out.finish_reason:
+            self.finish = out.finish_reason
+            self.done.set()
+
+
+def alone(model, ids, n):
+    return [int(t[0]) for t in generate(model, torch.tensor([ids]), n, temperature=0)]
+
+
+def test_sequences_join_and_leave_the_batch_with_unchanged_greedy_output(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=3, max_context=256, max_waiting=16).start()
+    prompts = ["ROMEO:", "JULIET: O", "To be, or not", "What light", "KING HENRY:\nNow"]
+    lengths = [30, 5, 18, 9, 24]  # unequal, so rows leave at different steps and waiting ones join
+    collectors = []
+    try:
+        for prompt, n in zip(prompts, lengths, strict=True):
+            collector = Collector(engine)
+            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), collector)])
+            collectors.append(collector)
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
+        assert c.text == tokenizer.decode(c.tokens) and c.finish == "length"
+    sizes = [s for c in collectors for s in c.batch_sizes]
+    assert max(sizes) == 3 and min(sizes) < 3  # a full batch, and rows coming and going
+    assert engine.stats().running == 0 and engine.stats().waiting == 0
+
+
+def test_cancelled_sequence_stops_and_frees_its_row(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=2, max_context=256, max_waiting=4).start()
+    try:
+        first_token = threading.Event()
+        long = Collector()
+        long_emit = lambda out: (long(out), first_token.set())  # noqa: E731
+        seq = Sequence(tokenizer.encode("ROMEO:"), SamplingParams(max_tokens=200, temperature=0), long_emit)
+        engine.submit([seq])
+        assert first_token.wait(30)
+        seq.cancel()
+        other = Collector()
+        engine.submit([Sequence(tokenizer.encode("The"), SamplingParams(max_tokens=4, temperature=0), other)])
+        assert other.done.wait(30)
+    finally:
+        engine.stop()
+    assert not long.done.is_set() and len(long.tokens) < 200
+    assert engine.stats().running == 0
+
+
+def test_queue_limit_rejects_a_whole_request(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=1, max_context=64, max_waiting=2)  # not started: nothing drains
+    params = SamplingParams(max_tokens=1)
+    engine.submit([Sequence([1], params, print)])
+    with pytest.raises(QueueFull):
+        engine.submit([Sequence([1], params, print), Sequence([2], params, print)])
+    assert engine.stats().waiting == 1
+
+
+def test_stop_string_is_held_back_until_decided(loaded):
+    model, tokenizer = loaded
+    ids = tokenizer.encode("ROMEO:")
+    reference = tokenizer.decode(alone(model, ids, 40))
+    stop = reference[15:18]
+    engine = Engine(model, tokenizer, max_batch=1, max_context=256, max_waiting=4).start()
+    pieces = Collector()
+    try:
+        engine.submit([Sequence(ids, SamplingParams(max_tokens=40, temperature=0, stop=(stop,)), pieces)])
+        assert pieces.done.wait(30)
+    finally:
+        engine.stop()
+    assert pieces.text == reference[: reference.index(stop)] and pieces.finish == "stop"
