@@ -92,6 +92,7 @@ def test_top_k_and_top_p_restrict_the_choices():
     assert picks == {0, 1}
     picks = {int(sample_next(logits, 1.0, 0, 0.5, generator)) for _ in range(200)}
     assert picks == {0}
+    assert int(sample_next(logits, 1.0, 0, 5e-324, generator)) == 0  # a top_p below float32's range
 
 
 def test_ragged_batch_matches_each_row_decoded_alone():

@@ -22,6 +22,7 @@ def sample_next(
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens ranked above it already cover top_p; the first always stays.
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop_sorted[:, 0] = False  # even when top_p rounds to 0 in float32
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
