@@ -97,6 +97,7 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
     tokenizer = engine.tokenizer
     created = int(time.time())
     add_error_handlers(app)
+    name_served_model(app, settings.model_name)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -212,6 +213,19 @@ def add_error_handlers(app: FastAPI) -> None:
         return error(400, f"invalid request: {param or 'body'}: {first['msg']}", param)
 
 
+def name_served_model(app: FastAPI, model_name: str) -> None:
+    """The OpenAPI schema lists the one model this server accepts, so generated clients and fuzzers can use it."""
+    openapi = app.openapi
+
+    def schema() -> dict:
+        if app.openapi_schema is None:
+            for request in ("CompletionRequest", "ChatCompletionRequest"):
+                openapi()["components"]["schemas"][request]["properties"]["model"]["enum"] = [model_name]
+        return app.openapi_schema
+
+    app.openapi = schema
+
+
 def check_model(name: str, settings: Settings) -> None:
     if name != settings.model_name:
         raise ApiError(404, f"model {name!r} does not exist; this server serves {settings.model_name!r}", "model")
@@ -261,7 +275,7 @@ def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) ->
     room = engine.max_context - len(ids)
     return SamplingParams(
         max_tokens=room if max_tokens is None else min(max_tokens, room),
-        temperature=body.temperature,
+        temperature=body.temperature if body.temperature >= 1e-5 else 0.0,  # tinier overflows logits / t: greedy
         top_p=body.top_p,
         top_k=max(body.top_k, 0),
         seed=None if body.seed is None else body.seed + choice,
