@@ -118,6 +118,7 @@ FROZEN_INTERFACE = {
     "eval run": ["--limit", "--out", "--precision", "--tasks", "-t", "path"],
     "eval tasks": [],
     "export hf": ["--dtype", "out", "run_dir"],
+    "gateway": ["config"],
     "generate": [
         "--max-new-tokens",
         "--precision",

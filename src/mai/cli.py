@@ -239,6 +239,17 @@ def serve(
 
 
 @app.command()
+def gateway(config: Annotated[Path, typer.Argument(help="Gateway config (TOML): model aliases, backends, keys.")]):
+    """Route OpenAI-compatible requests to in-house servers and vendors: weighted splits, fallbacks, quotas.
+
+    The config format is documented in src/mai/serve/gateway.py and the README.
+    """
+    from mai.serve.gateway import run_gateway
+
+    run_gateway(config)
+
+
+@app.command()
 def report(run_dir: RunArg):
     """Render report.md and PNG plots from the run directory."""
     from mai.report import write_report

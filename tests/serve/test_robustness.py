@@ -14,13 +14,14 @@ from live_server import Server
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     result = subprocess.run(
         [SCHEMATHESIS, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error"]
         + ["--max-examples", "25", "--seed", "1", "--workers", "1", "--request-timeout", "60", "--no-color"],
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,  # where it keeps its example database
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "Server error" not in result.stdout

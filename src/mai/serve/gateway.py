@@ -1,0 +1,301 @@
+"""`mai gateway CONFIG`: one OpenAI-compatible front over in-house servers and external vendors.
+
+Each model alias routes to weighted backends (smooth weighted round-robin, so a 3:1 split is
+exactly 3:1) and then to ordered fallbacks; a backend that errs (connection failure, timeout, 429
+or 5xx) passes the request to the next. Client keys (Bearer, values read from environment
+variables) carry token quotas; every answered request is appended to a JSONL usage log, and
+/metrics counts requests, tokens and latency per backend. An example config:
+
+    port = 9000
+    usage_log = "gateway_usage.jsonl"
+
+    [models.chat]                       # clients send model="chat"
+    timeout_s = 60
+    backends = [                        # weighted split for A/B comparison
+      {url = "http://127.0.0.1:8000/v1", model = "small", weight = 3},
+      {url = "http://127.0.0.1:8001/v1", model = "large", weight = 1},
+    ]
+    fallbacks = [                       # tried in order when the chosen backend fails
+      {url = "https://api.vendor.example/v1", model = "vendor-model", api_key_env = "VENDOR_API_KEY"},
+    ]
+
+    [keys.team-a]                       # without [keys], the gateway is open and unmetered
+    key_env = "TEAM_A_KEY"
+    token_quota = 1_000_000             # prompt + completion tokens per quota window
+    quota_window_s = 86400
+"""
+
+import json
+import os
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mai.errors import MaiError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(Section):
+    url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
+    model: str = Field(description="The model name this backend expects.")
+    weight: int = Field(1, ge=0, description="Share of the alias's traffic among its backends.")
+    api_key_env: str | None = Field(None, description="Environment variable holding this backend's API key.")
+
+    @property
+    def name(self) -> str:
+        return f"{self.url}#{self.model}"
+
+
+class Route(Section):
+    backends: list[Backend] = Field(min_length=1, description="Weighted primaries.")
+    fallbacks: list[Backend] = Field([], description="Tried in order when the primary fails.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-backend timeout for one request.")
+
+
+class ClientKey(Section):
+    key_env: str = Field(description="Environment variable holding the key clients send as Bearer.")
+    token_quota: int | None = Field(None, ge=0, description="Tokens per window; none means unlimited.")
+    quota_window_s: float = Field(86400.0, gt=0, description="Length of the quota window.")
+
+
+class GatewayConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 9000
+    usage_log: str = Field("gateway_usage.jsonl", description="JSONL file, one line per answered request.")
+    models: dict[str, Route] = Field(min_length=1, description="Model alias → route.")
+    keys: dict[str, ClientKey] = Field({}, description="Client key name → key and quota.")
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    if not path.is_file():
+        raise MaiError(f"{path} does not exist; write a gateway config (see `mai gateway --help`)")
+    try:
+        return GatewayConfig.model_validate(tomllib.loads(path.read_text()))
+    except tomllib.TOMLDecodeError as e:
+        raise MaiError(f"{path}: invalid TOML: {e}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise MaiError(f"{path}: {where}: {first['msg']}") from None
+
+
+class WeightedRoundRobin:
+    """Smooth weighted round-robin (as nginx): over any sum(weights) picks, each backend gets its weight."""
+
+    def __init__(self, weights: list[int]):
+        self.weights, self.current, self.lock = weights, [0] * len(weights), threading.Lock()
+
+    def pick(self) -> int:
+        with self.lock:
+            self.current = [c + w for c, w in zip(self.current, self.weights, strict=True)]
+            best = max(range(len(self.current)), key=self.current.__getitem__)
+            self.current[best] -= sum(self.weights)
+            return best
+
+
+class Quotas:
+    """Tokens used per client key in the current window."""
+
+    def __init__(self, keys: dict[str, ClientKey]):
+        self.keys = keys
+        self.secrets = {}
+        for name, key in keys.items():
+            secret = os.environ.get(key.key_env)
+            if not secret:
+                raise MaiError(f"key {name}: environment variable {key.key_env} is empty or unset; export the key")
+            self.secrets[secret] = name
+        self.used = {name: 0 for name in keys}
+        self.window_start = {name: time.monotonic() for name in keys}
+
+    def client(self, authorization: str) -> str | None:
+        """The key name for an Authorization header; "" when the gateway is open; None when refused."""
+        if not self.keys:
+            return ""
+        return self.secrets.get(authorization.removeprefix("Bearer "))
+
+    def remaining(self, name: str) -> tuple[int | None, float]:
+        """Tokens left in the window (None: unlimited) and seconds until it resets."""
+        key = self.keys.get(name)
+        if key is None or key.token_quota is None:
+            return None, 0.0
+        elapsed = time.monotonic() - self.window_start[name]
+        if elapsed >= key.quota_window_s:
+            self.used[name], self.window_start[name], elapsed = 0, time.monotonic(), 0.0
+        return key.token_quota - self.used[name], key.quota_window_s - elapsed
+
+    def spend(self, name: str, tokens: int) -> None:
+        if name in self.used:
+            self.used[name] += tokens
+
+
+class GatewayMetrics:
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("mai_gateway_requests", "Backend attempts", ["backend", "status"], registry=r)
+        self.tokens = Counter("mai_gateway_tokens", "Tokens through each backend", ["backend", "kind"], registry=r)
+        self.latency = Histogram("mai_gateway_latency_seconds", "Backend response time", ["backend"], registry=r)
+        self.fallbacks = Counter("mai_gateway_fallbacks", "Requests passed to a later backend", ["model"], registry=r)
+
+
+def error(status: int, message: str, type: str, headers: dict | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": type, "param": None, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def build_gateway(config: GatewayConfig) -> FastAPI:
+    app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
+    quotas, metrics = Quotas(config.keys), GatewayMetrics()
+    pickers = {alias: WeightedRoundRobin([b.weight for b in route.backends]) for alias, route in config.models.items()}
+    client = httpx.AsyncClient()
+    log_lock = threading.Lock()
+    created = int(time.time())
+
+    def log_usage(record: dict) -> None:
+        with log_lock, open(config.usage_log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def order(alias: str) -> list[Backend]:
+        route = config.models[alias]
+        first = pickers[alias].pick()
+        return [route.backends[first], *(b for i, b in enumerate(route.backends) if i != first), *route.fallbacks]
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    def models(request: Request):
+        if quotas.client(request.headers.get("authorization", "")) is None:
+            return error(401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error")
+        cards = [
+            {"id": alias, "object": "model", "created": created, "owned_by": "mai-gateway"} for alias in config.models
+        ]
+        return {"object": "list", "data": cards}
+
+    async def forward(request: Request, path: str):
+        client_name = quotas.client(request.headers.get("authorization", ""))
+        if client_name is None:
+            return error(401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error")
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "the body is not JSON; send an OpenAI request object", "invalid_request_error")
+        alias = body.get("model") if isinstance(body, dict) else None
+        if alias not in config.models:
+            return error(
+                404, f"model {alias!r} is not routed here; known: {sorted(config.models)}", "invalid_request_error"
+            )
+        left, reset_s = quotas.remaining(client_name)
+        if left is not None and left <= 0:
+            message = f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s"
+            return error(429, message, "rate_limit_error", {"Retry-After": str(max(1, int(reset_s)))})
+        route = config.models[alias]
+        attempts = []
+        for i, backend in enumerate(order(alias)):
+            if i:
+                metrics.fallbacks.labels(alias).inc()
+            response = await attempt(backend, path, body, route.timeout_s)
+            attempts.append(backend.name)
+            if response is not None:
+                return await answer(response, backend, body, alias, client_name, attempts)
+        return error(502, f"every backend of {alias!r} failed ({', '.join(attempts)}); see /metrics", "server_error")
+
+    async def attempt(backend: Backend, path: str, body: dict, timeout_s: float) -> httpx.Response | None:
+        """The backend's open response, or None when it failed in a way the next backend might not."""
+        headers = {}
+        if backend.api_key_env:
+            headers["Authorization"] = f"Bearer {os.environ.get(backend.api_key_env, '')}"
+        upstream = client.build_request(
+            "POST", f"{backend.url}{path}", json={**body, "model": backend.model}, headers=headers, timeout=timeout_s
+        )
+        start = time.perf_counter()
+        try:
+            response = await client.send(upstream, stream=True)
+        except httpx.HTTPError as e:
+            metrics.requests.labels(backend.name, type(e).__name__).inc()
+            return None
+        metrics.requests.labels(backend.name, str(response.status_code)).inc()
+        metrics.latency.labels(backend.name).observe(time.perf_counter() - start)
+        if response.status_code == 429 or response.status_code >= 500:
+            await response.aclose()
+            return None
+        return response
+
+    async def answer(response, backend, body, alias, client_name, attempts):
+        start = time.perf_counter()
+
+        def record(usage: dict) -> None:
+            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+            metrics.tokens.labels(backend.name, "prompt").inc(prompt)
+            metrics.tokens.labels(backend.name, "completion").inc(completion)
+            quotas.spend(client_name, prompt + completion)
+            log_usage(
+                {
+                    "time": time.time(),
+                    "key": client_name,
+                    "model": alias,
+                    "backend": backend.name,
+                    "attempts": attempts,
+                    "status": response.status_code,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "seconds": round(time.perf_counter() - start, 4),
+                }
+            )
+
+        if not body.get("stream") or response.status_code != 200:
+            content = await response.aread()
+            await response.aclose()
+            try:
+                usage = json.loads(content).get("usage") or {}
+            except (ValueError, AttributeError):
+                usage = {}
+            record(usage)
+            media = response.headers.get("content-type", "application/json")
+            return Response(content, status_code=response.status_code, media_type=media)
+
+        async def relay():
+            usage, chunks = {}, 0
+            try:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        chunks += 1
+                        usage = json.loads(line[6:]).get("usage") or usage
+                    yield line + "\n"
+            finally:
+                await response.aclose()
+                record(usage or {"completion_tokens": chunks})  # without a usage chunk, one token per event
+
+        return StreamingResponse(relay(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await forward(request, "/completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await forward(request, "/chat/completions")
+
+    return app
+
+
+def run_gateway(path: Path) -> None:
+    import uvicorn
+
+    config = load_gateway_config(path)
+    uvicorn.run(build_gateway(config), host=config.host, port=config.port, log_level="warning")

@@ -1,0 +1,161 @@
+"""`mai gateway` in a subprocess, in front of real `mai serve` processes and fast stand-in backends."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from live_server import MAI, Server, free_port
+
+
+class StandIn:
+    """A lightweight OpenAI-compatible backend on a thread: answers its name at once, counts requests."""
+
+    def __init__(self, name: str, delay_s: float = 0.0):
+        self.name, self.hits, self.port = name, 0, free_port()
+        app = FastAPI()
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            body = await request.json()
+            self.hits += 1
+            time.sleep(delay_s)  # blocks this backend's loop on purpose: a stuck vendor
+            choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": "stop"}
+            usage = {"prompt_tokens": 5, "completion_tokens": 15, "total_tokens": 20}
+            return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"]} | {
+                "choices": [choice],
+                "usage": usage,
+            }
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+
+@pytest.fixture(scope="module")
+def stand_ins():
+    backends = {name: StandIn(name) for name in ("a", "b", "c")}
+    backends["slow"] = StandIn("slow", delay_s=3.0)
+    yield backends
+    for backend in backends.values():
+        backend.server.should_exit = True
+
+
+def start_gateway(tmp_path, config: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'port = {port}\nusage_log = "{tmp_path / "usage.jsonl"}"\n' + config)
+    env = {**os.environ, "KEY_A": "key-a", "KEY_B": "key-b"}
+    process = subprocess.Popen([MAI, "gateway", str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        if process.poll() is not None:
+            raise AssertionError(f"mai gateway exited: {process.stderr.read()}")
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("mai gateway did not start")
+
+
+@pytest.fixture(scope="module")
+def gateway(stand_ins, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("gateway")
+    s = stand_ins
+    process, url = start_gateway(
+        tmp,
+        f"""
+[models.ab]
+backends = [{{url = "{s["a"].url}", model = "m-a", weight = 3}}, {{url = "{s["b"].url}", model = "m-b", weight = 1}}]
+
+[models.stuck]
+timeout_s = 0.5
+backends = [{{url = "{s["slow"].url}", model = "m-slow"}}]
+fallbacks = [{{url = "{s["c"].url}", model = "m-c"}}]
+
+[keys.team-a]
+key_env = "KEY_A"
+
+[keys.team-b]
+key_env = "KEY_B"
+token_quota = 50
+""",
+    )
+    yield url, tmp / "usage.jsonl"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_weighted_split_over_400_requests(gateway, stand_ins):
+    url, usage_log = gateway
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="key-a", max_retries=0)
+    before = stand_ins["a"].hits, stand_ins["b"].hits
+    texts = [client.completions.create(model="ab", prompt="x", max_tokens=1).choices[0].text for _ in range(400)]
+    share_a = texts.count("a") / 400
+    assert abs(share_a - 0.75) <= 0.05 and texts.count("a") + texts.count("b") == 400
+    assert (stand_ins["a"].hits - before[0], stand_ins["b"].hits - before[1]) == (texts.count("a"), texts.count("b"))
+    records = [json.loads(line) for line in usage_log.read_text().splitlines()]
+    assert sum(r["model"] == "ab" and r["key"] == "team-a" and r["completion_tokens"] == 15 for r in records) == 400
+    metrics = httpx.get(f"{url}/metrics").text
+    assert f'mai_gateway_requests_total{{backend="{stand_ins["a"].url}#m-a",status="200"}}' in metrics
+    assert f'mai_gateway_tokens_total{{backend="{stand_ins["b"].url}#m-b",kind="completion"}}' in metrics
+
+
+def test_timeout_falls_back(gateway):
+    url, _ = gateway
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="key-a", max_retries=0)
+    answer = client.completions.create(model="stuck", prompt="x", max_tokens=1)
+    assert answer.choices[0].text == "c" and answer.model == "m-c"
+    assert 'mai_gateway_fallbacks_total{model="stuck"} 1.0' in httpx.get(f"{url}/metrics").text
+
+
+def test_keys_and_token_quota(gateway):
+    url, _ = gateway
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="key-b", max_retries=0)
+    assert [m.id for m in client.models.list().data] == ["ab", "stuck"]
+    for _ in range(3):  # 20 tokens each: 0, 20 and 40 of 50 used before each
+        client.completions.create(model="ab", prompt="x", max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.completions.create(model="ab", prompt="x", max_tokens=1)
+    assert "quota" in e.value.message and int(e.value.response.headers["Retry-After"]) > 0
+
+
+def test_killed_primary_falls_back_to_another_server(server, trained_run, stand_ins, tmp_path):
+    primary = Server(trained_run.path, "--max-batch", "4")
+    process, url = start_gateway(
+        tmp_path,
+        f"""
+[models.chat]
+timeout_s = 30
+backends = [{{url = "{primary.url}/v1", model = "{primary.model}"}}]
+fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
+""",
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "Hello"}]
+        kwargs = dict(model="chat", messages=messages, max_tokens=8, temperature=0)
+        first = client.chat.completions.create(**kwargs)
+        primary.stop()
+        second = client.chat.completions.create(**kwargs)
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in client.chat.completions.create(**kwargs, stream=True)
+        )
+        assert second.choices[0].message.content == first.choices[0].message.content == streamed  # same weights
+        records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+        assert [len(r["attempts"]) for r in records] == [1, 2, 2]
+        assert records[1]["backend"].startswith(server.url)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
