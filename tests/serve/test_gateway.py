@@ -11,7 +11,8 @@ import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from live_server import MAI, Server, free_port
+
+from serve.live_server import MAI, Server, free_port
 
 
 class StandIn:

@@ -5,7 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from live_server import Server
+
+from serve.live_server import Server
 
 
 @pytest.fixture(scope="module")

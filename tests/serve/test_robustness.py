@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import Server
+
+from serve.live_server import Server
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 

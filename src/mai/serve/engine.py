@@ -83,10 +83,7 @@ class Sequence:
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
         self.output_ids: list[int] = []
-        self.generator = None
-        if params.seed is not None:
-            self.generator = torch.Generator()
-            self.generator.manual_seed(params.seed)
+        self.generator = None  # seeded on the model's device at prefill, as `mai generate` seeds it
         self.text = ""  # decoded completion so far
         self.sent = 0  # characters of self.text already emitted
         self.prefix_offset = 0  # incremental detokenization window over output_ids
@@ -181,6 +178,9 @@ class Engine:
 
     def _prefill(self, seq: Sequence) -> None:
         T = len(seq.prompt_ids)
+        if seq.params.seed is not None:
+            seq.generator = torch.Generator(device=self.device)
+            seq.generator.manual_seed(seq.params.seed)
         self.scratch.length = 0
         logits = self.model(torch.tensor([seq.prompt_ids], device=self.device), self.scratch)[0]  # (T, V)
         prompt_logprobs = None
@@ -204,15 +204,26 @@ class Engine:
         tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)  # (n, 1)
         logits = self.model(tokens, self.cache, self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1
-        done = [row for row, seq in enumerate(self.running) if not self._advance(seq, logits[row : row + 1])]
+        greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy row
+        done = [
+            row
+            for row, seq in enumerate(self.running)
+            if not self._advance(seq, logits[row : row + 1], greedy=greedy[row])
+        ]
         self._retire(done)
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor, prompt_logprobs=None) -> bool:
-        """Sample seq's next token from logits (1, V) and emit it; False when seq is finished."""
+    def _advance(self, seq: Sequence, logits: torch.Tensor, prompt_logprobs=None, greedy: int | None = None) -> bool:
+        """Sample seq's next token from logits (1, V) (or take `greedy`, its argmax, at temperature 0) and emit it.
+
+        False when seq is finished.
+        """
         if seq.cancelled:
             return False
         p = seq.params
-        token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
+        if p.temperature == 0 and greedy is not None:
+            token = greedy
+        else:
+            token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
         now = time.perf_counter()
         self.on_token(seq, now)
         seq.first_token_at = seq.first_token_at or now
