@@ -48,3 +48,10 @@ def test_full_queue_answers_429_with_retry_after(guarded):
     assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) == {200, 429}
     busy = next(r for r in responses if r.status_code == 429)
     assert busy.headers["Retry-After"] == "1" and busy.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_request_larger_than_the_queue_is_a_400(guarded):
+    client = openai.OpenAI(base_url=f"{guarded.url}/v1", api_key="sesame", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=guarded.model, prompt=["a", "b"], n=2, max_tokens=1)
+    assert e.value.body["param"] == "n" and "at most 1" in e.value.message

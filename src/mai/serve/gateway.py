@@ -60,7 +60,7 @@ class Backend(Section):
 class Route(Section):
     backends: list[Backend] = Field(min_length=1, description="Weighted primaries.")
     fallbacks: list[Backend] = Field([], description="Tried in order when the primary fails.")
-    timeout_s: float = Field(60.0, gt=0, description="Per-backend timeout for one request.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to connect to a backend or to wait for its next bytes.")
 
 
 class ClientKey(Section):

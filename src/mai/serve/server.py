@@ -290,6 +290,13 @@ class Submitted:
     """The choices of one request in the engine; their outputs arrive on `queue` as (choice, Output)."""
 
     def __init__(self, engine: Engine, jobs: list[tuple[list[int], SamplingParams]]):
+        if len(jobs) > engine.max_waiting:
+            raise ApiError(
+                400,
+                f"this request asks for {len(jobs)} sequences (prompts × n) but the server queues at most "
+                f"{engine.max_waiting}; send fewer prompts or a smaller n",
+                "n",
+            )
         loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
         self.sequences = [
             Sequence(ids, params, lambda out, i=i: loop.call_soon_threadsafe(self.queue.put_nowait, (i, out)))
