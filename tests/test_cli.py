@@ -134,7 +134,16 @@ FROZEN_INTERFACE = {
     "model info": ["--json", "--preset", "--set"],
     "report": ["run_dir"],
     "run": ["--run-dir", "--set", "preset"],
-    "serve": ["--api-key-env", "--host", "--max-batch", "--max-context", "--max-waiting", "--port", "path"],
+    "serve": [
+        "--api-key-env",
+        "--host",
+        "--max-batch",
+        "--max-context",
+        "--max-waiting",
+        "--port",
+        "--precision",
+        "path",
+    ],
     "tokenizer train": ["run_dir"],
     "train": ["--resume", "--set", "run_dir"],
 }

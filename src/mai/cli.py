@@ -229,13 +229,16 @@ def serve(
         int | None, typer.Option(min=2, help="Tokens per sequence, prompt included (default: the model's).")
     ] = None,
     max_waiting: Annotated[int, typer.Option(min=1, help="Queued sequences before answering 429.")] = 256,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
+    ] = "auto",
 ):
     """Serve the model over an OpenAI-compatible API, with a chat page at /."""
     from mai.serve.server import serve as run_server
 
     if not path.is_dir():
         raise MaiError(f"{path} is not a directory; pass a run directory or a `mai export hf` directory")
-    run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting)
+    run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting, precision)
 
 
 @app.command()

@@ -13,17 +13,26 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def load_for_generation(run: RunDir, precision: str = "auto"):
-    """(model, config, tokenizer) with the weights in the decoding precision.
+    """(model, config, tokenizer) with the weights in the decoding precision (see to_decoding_precision)."""
+    check_precision(precision)
+    model, config, tokenizer = load_model(run)
+    return to_decoding_precision(model, precision), config, tokenizer
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise MaiError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def to_decoding_precision(model, precision: str = "auto"):
+    """The model with its weights in the decoding precision (`mai generate` and `mai serve` share this).
 
     'auto' is bf16 where the hardware computes it natively (CUDA, AVX512-BF16 or AMX CPUs), as in
     training: decoding reads every weight once per token, so half the bytes is nearly twice the speed.
     """
-    if precision not in PRECISIONS:
-        raise MaiError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    model, config, tokenizer = load_model(run)
     if resolve_precision(precision, next(model.parameters()).device) == "bf16":
         model.to(torch.bfloat16)
-    return model, config, tokenizer
+    return model
 
 
 def stream_completion(

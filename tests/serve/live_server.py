@@ -46,7 +46,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(trained_run):
-    server = Server(trained_run.path, "--max-batch", "8", "--max-waiting", "64")
+    # fp32, so logprobs compare with the model in-process; test_loading covers the default precision
+    server = Server(trained_run.path, "--max-batch", "8", "--max-waiting", "64", "--precision", "fp32")
     yield server
     server.stop()
 

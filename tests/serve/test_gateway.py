@@ -133,7 +133,7 @@ def test_keys_and_token_quota(gateway):
 
 
 def test_killed_primary_falls_back_to_another_server(server, trained_run, stand_ins, tmp_path):
-    primary = Server(trained_run.path, "--max-batch", "4")
+    primary = Server(trained_run.path, "--max-batch", "4", "--precision", "fp32")  # as the fallback
     process, url = start_gateway(
         tmp_path,
         f"""
@@ -154,7 +154,11 @@ fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
             c.choices[0].delta.content or "" for c in client.chat.completions.create(**kwargs, stream=True)
         )
         assert second.choices[0].message.content == first.choices[0].message.content == streamed  # same weights
-        records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+        for _ in range(50):  # a stream's usage line is written as the gateway closes it, just after [DONE]
+            records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+            if len(records) == 3:
+                break
+            time.sleep(0.1)
         assert [len(r["attempts"]) for r in records] == [1, 2, 2]
         assert records[1]["backend"].startswith(server.url)
     finally:

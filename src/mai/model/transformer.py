@@ -84,11 +84,10 @@ class Attention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
         elif ragged is not None:
-            positions, mask = ragged  # (B, T) positions of the new tokens, (B, 1, T, S) what each may see
+            positions, mask, S = ragged  # (B, T) new tokens' positions, (B, 1, T, S) what each may see (or None)
             rows = torch.arange(B, device=x.device)[:, None]
             cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k.dtype)  # (B, T, K, E) into rows 0..B-1
             cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v.dtype)
-            S = mask.shape[-1]
             k, v = cache.k[layer, :B, :, :S], cache.v[layer, :B, :, :S]  # (B, K, S, E)
             y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=K != H).to(x.dtype)
         else:
@@ -171,7 +170,8 @@ class Transformer(nn.Module):
             if S > self.config.max_seq_len:
                 raise ValueError(f"sequence of {S} tokens exceeds max_seq_len {self.config.max_seq_len}")
             mask = torch.arange(S, device=tokens.device) <= positions[:, :, None]  # (B, T, S)
-            ragged = positions, mask[:, None]
+            # One row decoding one token sees every position: no mask, the very call cache.length decoding makes.
+            ragged = positions, None if B == T == 1 else mask[:, None], S
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, E)
         else:
             start = cache.length if cache is not None else 0

@@ -103,10 +103,11 @@ class Engine:
         self.max_batch = max_batch
         self.max_context = max_context
         self.max_waiting = max_waiting
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        self.cache = KVCache(model.config, max_batch, max_context, device=self.device, dtype=self.dtype)
-        self.scratch = KVCache(model.config, 1, max_context, device=self.device, dtype=self.dtype)
+        self.device = next(model.parameters()).device
+        # As `generate` does: on CPUs an fp32 cache even for a bf16 model (attention over bf16 is slow there).
+        dtype = torch.float32 if self.device.type == "cpu" else next(model.parameters()).dtype
+        self.cache = KVCache(model.config, max_batch, max_context, device=self.device, dtype=dtype)
+        self.scratch = KVCache(model.config, 1, max_context, device=self.device, dtype=dtype)
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
@@ -182,7 +183,9 @@ class Engine:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(seq.params.seed)
         self.scratch.length = 0
-        logits = self.model(torch.tensor([seq.prompt_ids], device=self.device), self.scratch)[0]  # (T, V)
+        prompt = torch.tensor([seq.prompt_ids], device=self.device)
+        # (T, V) when the prompt's logprobs are wanted, else (1, V) for the last position as `generate` computes it
+        logits = self.model(prompt, self.scratch, last_only=not seq.params.prompt_logprobs)[0]
         prompt_logprobs = None
         if seq.params.prompt_logprobs:
             k = max(seq.params.logprobs or 0, 1)
@@ -202,7 +205,7 @@ class Engine:
     def _decode(self) -> None:
         n = len(self.running)
         tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)  # (n, 1)
-        logits = self.model(tokens, self.cache, self.lengths[:n])[:, -1]  # (n, V)
+        logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy row
         done = [

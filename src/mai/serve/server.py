@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mai.errors import MaiError
+from mai.sample import check_precision, to_decoding_precision
 from mai.serve import protocol as p
 from mai.serve.engine import Engine, Output, QueueFull, SamplingParams, Sequence, TokenLogprob
 from mai.tokenizer import IM_END
@@ -441,7 +442,14 @@ async def stream_chat(submitted, jobs, body, header, tokenizer, request):
 
 
 def serve(
-    path: Path, host: str, port: int, api_key_env: str | None, max_batch: int, max_context: int | None, max_waiting: int
+    path: Path,
+    host: str,
+    port: int,
+    api_key_env: str | None,
+    max_batch: int,
+    max_context: int | None,
+    max_waiting: int,
+    precision: str,
 ) -> None:
     """Load the model, start the engine and run uvicorn until interrupted."""
     import uvicorn
@@ -451,10 +459,9 @@ def serve(
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise MaiError(f"environment variable {api_key_env} is empty or unset; export the API key in it")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_for_serving(path, device)
-    if device == "cuda":
-        model = model.to(torch.bfloat16)
+    check_precision(precision)
+    model, tokenizer = load_for_serving(path, "cuda" if torch.cuda.is_available() else "cpu")
+    model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
     context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
     engine = Engine(model, tokenizer, max_batch, context, max_waiting).start()
     settings = Settings(path.resolve().name, api_key)
