@@ -150,9 +150,9 @@ fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
         first = client.chat.completions.create(**kwargs)
         primary.stop()
         second = client.chat.completions.create(**kwargs)
-        streamed = "".join(
-            c.choices[0].delta.content or "" for c in client.chat.completions.create(**kwargs, stream=True)
-        )
+        chunks = list(client.chat.completions.create(**kwargs, stream=True))
+        assert all(c.usage is None for c in chunks)  # the client did not ask for usage
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
         assert second.choices[0].message.content == first.choices[0].message.content == streamed  # same weights
         for _ in range(50):  # a stream's usage line is written as the gateway closes it, just after [DONE]
             records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
@@ -160,6 +160,7 @@ fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
                 break
             time.sleep(0.1)
         assert [len(r["attempts"]) for r in records] == [1, 2, 2]
+        assert records[2]["completion_tokens"] == second.usage.completion_tokens  # counted from the usage chunk
         assert records[1]["backend"].startswith(server.url)
     finally:
         process.terminate()

@@ -220,9 +220,10 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         headers = {}
         if backend.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ.get(backend.api_key_env, '')}"
-        upstream = client.build_request(
-            "POST", f"{backend.url}{path}", json={**body, "model": backend.model}, headers=headers, timeout=timeout_s
-        )
+        sent = {**body, "model": backend.model}
+        if body.get("stream"):  # ask for the usage chunk, so quotas count streamed tokens exactly
+            sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        upstream = client.build_request("POST", f"{backend.url}{path}", json=sent, headers=headers, timeout=timeout_s)
         start = time.perf_counter()
         try:
             response = await client.send(upstream, stream=True)
@@ -269,17 +270,27 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             media = response.headers.get("content-type", "application/json")
             return Response(content, status_code=response.status_code, media_type=media)
 
+        wants_usage = (body.get("stream_options") or {}).get("include_usage")
+
         async def relay():
-            usage, chunks = {}, 0
+            usage, chunks, skip_blank = {}, 0, False
             try:
                 async for line in response.aiter_lines():
+                    if skip_blank and not line:
+                        skip_blank = False
+                        continue
                     if line.startswith("data: {"):
+                        chunk = json.loads(line[6:])
                         chunks += 1
-                        usage = json.loads(line[6:]).get("usage") or usage
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                            if not chunk.get("choices") and not wants_usage:
+                                skip_blank = True  # the usage chunk the gateway asked for, not the client
+                                continue
                     yield line + "\n"
             finally:
                 await response.aclose()
-                record(usage or {"completion_tokens": chunks})  # without a usage chunk, one token per event
+                record(usage or {"completion_tokens": chunks})  # a backend without usage chunks: one per event
 
         return StreamingResponse(relay(), media_type="text/event-stream")
 
