@@ -109,8 +109,11 @@ def test_ragged_batch_matches_each_row_decoded_alone():
         tokens = torch.randint(0, 97, (3, 4))
         steps = [model(tokens[:, i : i + 1], cache, lengths=lengths + i) for i in range(4)]
         chunk = model(tokens[:, :2], cache, lengths=lengths)  # several new tokens per row at once
+        # over the cache's whole width, as a captured CUDA graph decodes (rewriting the same keys)
+        spanned = [model(tokens[:, i : i + 1], cache, lengths=lengths + i, span=20) for i in range(4)]
     for row, prompt in enumerate(prompts):
         with torch.no_grad():
             alone = model(torch.cat([prompt, tokens[row : row + 1]], dim=1))[0, prompt.shape[1] :]
         torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(chunk[row], alone[:2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.cat([s[row] for s in spanned]), alone, atol=1e-5, rtol=1e-5)

@@ -89,7 +89,13 @@ class Attention(nn.Module):
             cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k.dtype)  # (B, T, K, E) into rows 0..B-1
             cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v.dtype)
             k, v = cache.k[layer, :B, :, :S], cache.v[layer, :B, :, :S]  # (B, K, S, E)
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=K != H).to(x.dtype)
+            # Fold each key head's G = H/K query heads into its rows, (B, K, G·T, E): attention without
+            # GQA, which CUDA's masked attention kernels lack (they would copy every key G times).
+            G = H // K
+            q = q.reshape(B, K, G * T, E).to(k.dtype)
+            if mask is not None:
+                mask = mask.expand(B, G, T, S).reshape(B, 1, G * T, S)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, H, T, E).to(x.dtype)
         else:
             start, end = cache.length, cache.length + T
             cache.k[layer, :, :, start:end] = k
@@ -155,23 +161,26 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         last_only: bool = False,
         lengths: torch.Tensor | None = None,
+        span: int | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length.
 
         last_only computes logits for the last position alone, (B, 1, V), as decoding needs.
         A ragged batch passes `lengths` (B,) too: row b's tokens continue after lengths[b] tokens
         already in cache row b (rows 0..B-1 of a cache that may hold more); cache.length is not used.
+        Its attention covers the first `span` cache positions (default: up to the longest row); a
+        fixed span gives fixed shapes and no device sync, as a captured CUDA graph needs.
         """
         B, T = tokens.shape
         ragged = None
         if lengths is not None:
             positions = lengths[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
-            S = int(positions.max()) + 1
-            if S > self.config.max_seq_len:
+            S = span or int(positions.max()) + 1
+            if span is None and S > self.config.max_seq_len:
                 raise ValueError(f"sequence of {S} tokens exceeds max_seq_len {self.config.max_seq_len}")
             mask = torch.arange(S, device=tokens.device) <= positions[:, :, None]  # (B, T, S)
             # One row decoding one token sees every position: no mask, the very call cache.length decoding makes.
-            ragged = positions, None if B == T == 1 else mask[:, None], S
+            ragged = positions, None if B == T == 1 and span is None else mask[:, None], S
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]  # (B, 1, T, E)
         else:
             start = cache.length if cache is not None else 0

@@ -5,7 +5,7 @@ A sequence is one returned choice. Submitted sequences wait in a queue; one back
 1. admit waiting sequences into free cache rows: prefill each prompt alone (exactly as `mai generate`
    does), copy its keys and values into the row, and sample its first token;
 2. decode one token for every running row together, a ragged batch in which each row is at its own
-   length (the model's `lengths` argument);
+   length (the model's `lengths` argument); on CUDA the step replays a captured graph (cuda_graphs.py);
 3. retire rows that finished (stop token, stop string, max_tokens, context) or whose client went
    away, moving the last row into the gap so the running rows stay 0..n-1.
 
@@ -24,6 +24,7 @@ import torch
 
 from mai.model.generate import sample_next
 from mai.model.transformer import KVCache, Transformer
+from mai.serve.cuda_graphs import GraphedDecode
 
 
 class QueueFull(Exception):
@@ -109,6 +110,7 @@ class Engine:
         self.cache = KVCache(model.config, max_batch, max_context, device=self.device, dtype=dtype)
         self.scratch = KVCache(model.config, 1, max_context, device=self.device, dtype=dtype)
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.graphed = GraphedDecode(model, self.cache, self.lengths) if self.device.type == "cuda" else None
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.wake = threading.Condition()
@@ -205,7 +207,10 @@ class Engine:
     def _decode(self) -> None:
         n = len(self.running)
         tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)  # (n, 1)
-        logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
+        if self.graphed is not None:
+            logits = self.graphed(tokens, n)  # (n, V)
+        else:
+            logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1
         greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy row
         done = [
