@@ -53,16 +53,19 @@ def export_model(config: ModelConfig, tokenizer, out: Path, dtype: torch.dtype) 
     save_tokenizer(tokenizer, out)
 
 
-def start_server(model_dir: Path, max_batch: int, precision: str) -> tuple[subprocess.Popen, str]:
+def start_server(model_dir: Path, max_batch: int, max_context: int, precision: str) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mai = str(Path(sys.executable).parent / "mai")
     command = [mai, "serve", str(model_dir), "--port", str(port), "--max-batch", str(max_batch)]
+    command += ["--max-context", str(max_context)]  # the KV cache a deployment would size for these requests
     command += ["--precision", precision]  # the peer's precision: a like-for-like comparison
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
+        if process.poll() is not None:
+            raise SystemExit(f"mai serve exited with code {process.returncode} before answering")
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return process, url
@@ -146,7 +149,9 @@ def main():
         model_dir.mkdir()
         export_model(config, load_tokenizer(run), model_dir, dtype)
         reference = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        process, url = start_server(model_dir, max(args.concurrency), "bf16" if args.gpu else "fp32")
+        process, url = start_server(
+            model_dir, max(args.concurrency), PROMPT_TOKENS + args.new_tokens, "bf16" if args.gpu else "fp32"
+        )
         try:
             asyncio.run(ours(url, model_dir.name, prompts[:2], 4))  # warm-up both arms
             with torch.inference_mode():
