@@ -42,6 +42,7 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # alternatives to report per token; None reports no logprobs
     prompt_logprobs: bool = False  # also the prompt's tokens (echo with logprobs)
+    stream: bool = True  # emit every token; otherwise one Output at the end (no text until then)
 
 
 @dataclass
@@ -89,6 +90,22 @@ class Sequence:
         self.sent = 0  # characters of self.text already emitted
         self.prefix_offset = 0  # incremental detokenization window over output_ids
         self.read_offset = 0
+        self.held: Output | None = None  # what a non-streaming sequence has produced so far
+
+    def report(self, out: Output) -> None:
+        """Emit `out`, or for a non-streaming sequence hold it until the last one and emit them as one."""
+        if self.params.stream:
+            self.emit(out)
+            return
+        if self.held is None:
+            self.held = out
+        else:
+            self.held.text += out.text
+            self.held.token_ids += out.token_ids
+            self.held.logprobs += out.logprobs
+            self.held.finish_reason = out.finish_reason
+        if out.finish_reason is not None:
+            self.emit(self.held)
 
     def cancel(self) -> None:
         """Stop generating at the next step (the client went away); safe from any thread."""
@@ -243,13 +260,14 @@ class Engine:
             out.text, out.finish_reason = self._flush(seq), "stop"
         else:
             seq.output_ids.append(token)
-            out.text, out.finish_reason = self._detokenize(seq)
+            if p.stream or p.stop:  # otherwise the text is decoded once, at the end (_flush)
+                out.text, out.finish_reason = self._detokenize(seq)
         if out.finish_reason is None:
             total = len(seq.prompt_ids) + len(seq.output_ids)
             if len(seq.output_ids) >= p.max_tokens or total >= self.max_context:
                 out.finish_reason = "length"
                 out.text += self._flush(seq)
-        seq.emit(out)
+        seq.report(out)
         return out.finish_reason is None
 
     def _detokenize(self, seq: Sequence) -> tuple[str, str | None]:

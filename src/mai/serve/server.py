@@ -284,6 +284,7 @@ def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) ->
         stop_ids=stop_ids,
         logprobs=logprobs,
         prompt_logprobs=echo and logprobs is not None,
+        stream=bool(body.stream),
     )
 
 
