@@ -158,6 +158,21 @@ def model_pair(preset: str):
     return config, ours, peer, max_diff
 
 
+def peer_generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """transformers' greedy generate of exactly new_tokens after equal-length prompts (B, T), as users run it
+    (its default dynamic cache, no eos, so every arm decodes the same count); returns the new tokens."""
+    out = model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=0,
+    )
+    return out[:, prompt.shape[1] :]
+
+
 def write_result(name: str, record: dict) -> Path:
     today = date.today().isoformat()
     record = {

@@ -19,7 +19,7 @@ import time
 import torch
 import transformers
 
-from common import interleaved, model_pair, ratios, shakespeare_tokens, write_result
+from common import interleaved, model_pair, peer_generate, ratios, shakespeare_tokens, write_result
 from mai.model.generate import generate
 from mai.train.loop import resolve_precision
 
@@ -29,19 +29,6 @@ DEFAULT_PRECISION = resolve_precision("auto", torch.device("cpu"))
 
 def ours_generate(model, prompt, new_tokens):
     return torch.stack(list(generate(model, prompt, new_tokens, temperature=0)), dim=1)  # (B, new_tokens)
-
-
-def peer_generate(model, prompt, new_tokens):
-    out = model.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        use_cache=True,
-        pad_token_id=0,
-    )
-    return out[:, prompt.shape[1] :]
 
 
 def run_batch(arms: dict, prompt, rounds: int, new_tokens: int, calls: int, label: str) -> dict:

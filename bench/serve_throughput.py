@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
-from common import interleaved, ratios, write_result
+from common import interleaved, peer_generate, ratios, write_result
 from mai.config import ModelConfig
 from mai.model.hf import hf_config, to_hf
 from mai.model.transformer import build_model
@@ -94,17 +94,10 @@ def peer(model, prompts: list[list[int]], new_tokens: int, device) -> float:
     """transformers' generate on all prompts as one batch (equal lengths, so no padding)."""
     batch = torch.tensor(prompts, device=device)
     start = time.perf_counter()
-    out = model.generate(
-        batch,
-        attention_mask=torch.ones_like(batch),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        pad_token_id=0,
-    )
+    out = peer_generate(model, batch, new_tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (out.shape[1] - batch.shape[1]) * batch.shape[0] / (time.perf_counter() - start)
+    return out.numel() / (time.perf_counter() - start)
 
 
 def prepared_run(tmp: Path, data: str | None) -> RunDir:
