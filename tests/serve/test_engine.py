@@ -103,3 +103,24 @@ def test_stop_string_is_held_back_until_decided(loaded):
     finally:
         engine.stop()
     assert pieces.text == reference[: reference.index(stop)] and pieces.finish == "stop"
+
+
+def test_a_non_streaming_sequence_is_reported_once_with_what_streaming_reports_in_pieces(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=2, max_context=256, max_waiting=4).start()
+    ids = tokenizer.encode("ROMEO:")
+    calls = []
+    streamed, held = Collector(), Collector()
+
+    def counted(out):
+        calls.append(out)
+        held(out)
+
+    try:
+        engine.submit([Sequence(ids, SamplingParams(max_tokens=20, temperature=0, logprobs=2), streamed)])
+        engine.submit([Sequence(ids, SamplingParams(max_tokens=20, temperature=0, logprobs=2, stream=False), counted)])
+        assert streamed.done.wait(60) and held.done.wait(60)
+    finally:
+        engine.stop()
+    assert len(calls) == 1 and len(calls[0].logprobs) == 20
+    assert (held.tokens, held.text, held.finish) == (streamed.tokens, streamed.text, streamed.finish)
