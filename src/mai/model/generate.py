@@ -48,8 +48,7 @@ def generate(
     if prompt_len >= model.config.max_seq_len:
         raise ValueError(f"prompt of {prompt_len} tokens leaves no room in max_seq_len {model.config.max_seq_len}")
     param = next(model.parameters())
-    cache_dtype = torch.float32 if param.device.type == "cpu" else param.dtype
-    cache = KVCache(model.config, batch, max_len, device=param.device, dtype=cache_dtype)
+    cache = KVCache.for_decoding(model, batch, max_len)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=param.device)

@@ -58,6 +58,13 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    @classmethod
+    def for_decoding(cls, model: "Transformer", batch_size: int, max_len: int) -> "KVCache":
+        """A cache on the model's device: fp32 on CPUs (see above), the model's dtype elsewhere."""
+        param = next(model.parameters())
+        dtype = torch.float32 if param.device.type == "cpu" else param.dtype
+        return cls(model.config, batch_size, max_len, device=param.device, dtype=dtype)
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):

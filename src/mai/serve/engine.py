@@ -122,10 +122,8 @@ class Engine:
         self.max_context = max_context
         self.max_waiting = max_waiting
         self.device = next(model.parameters()).device
-        # As `generate` does: on CPUs an fp32 cache even for a bf16 model (attention over bf16 is slow there).
-        dtype = torch.float32 if self.device.type == "cpu" else next(model.parameters()).dtype
-        self.cache = KVCache(model.config, max_batch, max_context, device=self.device, dtype=dtype)
-        self.scratch = KVCache(model.config, 1, max_context, device=self.device, dtype=dtype)
+        self.cache = KVCache.for_decoding(model, max_batch, max_context)  # as `generate` makes its cache
+        self.scratch = KVCache.for_decoding(model, 1, max_context)
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
         self.graphed = GraphedDecode(model, self.cache, self.lengths) if self.device.type == "cuda" else None
         self.running: list[Sequence] = []
