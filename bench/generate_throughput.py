@@ -3,11 +3,12 @@
 Greedy decoding of a fixed number of new tokens after real Shakespeare prompts, at batch 1 and 8,
 the arms interleaved every round. transformers runs as users run it: fp32, eager, use_cache=True
 (its default dynamic cache), min_new_tokens = max_new_tokens and no eos, so every arm decodes
-exactly the same number of tokens. Ours runs twice: in fp32 (like for like, whose greedy output
-must equal transformers' at batch 1, checked every round) and in our default decoding precision
+exactly the same number of tokens. Ours runs three ways: in fp32 (like for like, whose greedy
+output must equal transformers' at batch 1, checked every round), in our default decoding precision
 (`mai generate --precision auto`: bf16 weights where the CPU computes bf16 natively, as ours do;
-the same protocol as training's bench). Goal (issue 3): ≥ 2× transformers' tokens/s in our default
-precision; the fp32 ratio is printed beside it.
+the same protocol as training's bench), and in that precision compiled (`mai generate --compile`;
+its one-off compilation happens in the warm-up, outside the timings). Goal (issue 3): ≥ 2×
+transformers' tokens/s; every ratio is printed, the goal is judged on the compiled arm.
 
     python bench/generate_throughput.py [--presets tiny small] [--batches 1 8] [--rounds 5] [--quick]
 """
@@ -27,8 +28,16 @@ PROMPT_TOKENS = 32
 DEFAULT_PRECISION = resolve_precision("auto", torch.device("cpu"))
 
 
+OURS = ("ours_fp32", "ours_default", "ours_compiled")
+DEFAULT_ARM = "ours_default"
+
+
 def ours_generate(model, prompt, new_tokens):
     return torch.stack(list(generate(model, prompt, new_tokens, temperature=0)), dim=1)  # (B, new_tokens)
+
+
+def ours_compiled_generate(model, prompt, new_tokens):
+    return torch.stack(list(generate(model, prompt, new_tokens, temperature=0, compile=True)), dim=1)
 
 
 def run_batch(arms: dict, prompt, rounds: int, new_tokens: int, calls: int, label: str) -> dict:
@@ -46,7 +55,7 @@ def run_batch(arms: dict, prompt, rounds: int, new_tokens: int, calls: int, labe
         return arm
 
     for fn, model in arms.values():
-        fn(model, prompt, 4)  # warm-up
+        fn(model, prompt, new_tokens)  # warm-up; compiles the compiled arm's graph for this shape
     result = interleaved({name: timed(name, *arm) for name, arm in arms.items()}, rounds, label=label)
     record = {"rounds": result["rounds"]}
     for name in arms:
@@ -66,9 +75,13 @@ def run_batch(arms: dict, prompt, rounds: int, new_tokens: int, calls: int, labe
 def run_preset(preset: str, batches: list[int], rounds: int, new_tokens: int, calls: int, tokens) -> dict:
     _, ours, peer, _ = model_pair(preset)
     ours.eval(), peer.eval()
-    arms = {"ours_fp32": (ours_generate, ours), "transformers": (peer_generate, peer)}
-    if DEFAULT_PRECISION == "bf16":
-        arms["ours_default"] = (ours_generate, copy.deepcopy(ours).to(torch.bfloat16))
+    default = copy.deepcopy(ours).to(torch.bfloat16) if DEFAULT_PRECISION == "bf16" else ours
+    arms = {
+        "ours_fp32": (ours_generate, ours),
+        "ours_default": (ours_generate, default),
+        "ours_compiled": (ours_compiled_generate, default),
+        "transformers": (peer_generate, peer),
+    }
     results = {}
     for batch in batches:
         rows = tokens[: batch * PROMPT_TOKENS].astype("int64")  # consecutive real text, one slice per row
@@ -98,30 +111,26 @@ def main():
         p: run_preset(p, args.batches, args.rounds, args.new_tokens, args.calls, tokens) for p in args.presets
     }
 
-    default = "ours_default" if DEFAULT_PRECISION == "bf16" else "ours_fp32"
     goals = []
-    header = ("preset", "batch", "fp32 med", "default med", "peer med", "fp32 ratio", "default ratio")
-    print("\n" + "".join(f"{h:>14}" for h in header) + "  fp32 greedy identical   (tokens/s, medians)")
+    header = ("preset", "batch", "fp32", DEFAULT_PRECISION, f"{DEFAULT_PRECISION} comp", "peer")
+    header += ("fp32 ratio", f"{DEFAULT_PRECISION} ratio", "comp ratio")
+    print("\n" + "".join(f"{h:>12}" for h in header) + "  fp32 greedy identical   (tokens/s, medians)")
     for preset, results in per_preset.items():
         for key, r in results.items():
-            ratio = r[f"{default}_ratio"]["median"]
-            goals.append(
-                {
-                    "goal": f"{preset} {key}: ours ({DEFAULT_PRECISION}) / transformers (fp32) decoding tokens/s",
-                    "ratio": ratio,
-                    "target": 2.0,
-                    "met": ratio >= 2.0,
-                }
-            )
+            for arm, label in ((DEFAULT_ARM, "eager"), ("ours_compiled", "compiled")):
+                ratio = r[f"{arm}_ratio"]["median"]
+                goal = f"{preset} {key}: ours ({DEFAULT_PRECISION}, {label}) / transformers (fp32) decoding tokens/s"
+                goals.append({"goal": goal, "arm": arm, "ratio": ratio, "target": 2.0, "met": ratio >= 2.0})
             row = [preset, key.removeprefix("batch_")]
-            row += [f"{r[f'{arm}_tokens_per_s']['median']:,.0f}" for arm in ("ours_fp32", default, "transformers")]
-            row += [f"{r['ours_fp32_ratio']['median']:.2f}", f"{ratio:.2f}"]
-            print("".join(f"{c:>14}" for c in row) + f"  {r['ours_fp32_greedy_identical']}")
+            row += [f"{r[f'{arm}_tokens_per_s']['median']:,.0f}" for arm in (*OURS, "transformers")]
+            row += [f"{r[f'{arm}_ratio']['median']:.2f}" for arm in OURS]
+            print("".join(f"{c:>12}" for c in row) + f"  {r['ours_fp32_greedy_identical']}")
     print()
     for g in goals:
         print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['ratio']:.2f} (goal {g['target']})")
     identical_b1 = all(res["batch_1"]["ours_fp32_greedy_identical"] for res in per_preset.values() if "batch_1" in res)
     print(f"fp32 greedy outputs identical to transformers' at batch 1: {identical_b1}")
+    compiled_goals = [g for g in goals if g["arm"] == "ours_compiled"]
 
     path = write_result(
         "generate_throughput",
@@ -134,8 +143,7 @@ def main():
                 p: {
                     "units": "new tokens/s",
                     **{
-                        k: {"fp32": r["ours_fp32_tokens_per_s"], "default": r[f"{default}_tokens_per_s"]}
-                        for k, r in res.items()
+                        k: {arm.removeprefix("ours_"): r[f"{arm}_tokens_per_s"] for arm in OURS} for k, r in res.items()
                     },
                 }
                 for p, res in per_preset.items()
@@ -147,11 +155,12 @@ def main():
                     for p, res in per_preset.items()
                 },
             },
-            "ratio": min(g["ratio"] for g in goals),
-            "ratio_is": f"ours ({DEFAULT_PRECISION}) / transformers (fp32) decoding tokens/s, median over rounds, worst preset and batch",
+            "ratio": min(g["ratio"] for g in compiled_goals),
+            "ratio_is": f"ours ({DEFAULT_PRECISION}, `mai generate --compile`) / transformers (fp32) decoding tokens/s, median over rounds, worst preset and batch",
+            "eager_ratio": min(g["ratio"] for g in goals if g["arm"] == DEFAULT_ARM),
             "fp32_ratio": min(r["ours_fp32_ratio"]["median"] for res in per_preset.values() for r in res.values()),
             "goal": 2.0,
-            "met": all(g["met"] for g in goals) and identical_b1,
+            "met": all(g["met"] for g in compiled_goals) and identical_b1,
             "goals": goals,
             "fp32_greedy_identical_batch_1": identical_b1,
             "presets": per_preset,

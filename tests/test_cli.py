@@ -57,6 +57,8 @@ def test_generate_writes_prompt_and_completion_only(trained_run):
         for _ in range(2)
     ]
     assert seeded[0] == seeded[1]
+    greedy_fp32 = ["generate", str(trained_run.path), "--prompt", "ROMEO:", "--temperature", "0", "--precision", "fp32"]
+    assert run_mai(*greedy_fp32, "--compile").stdout == run_mai(*greedy_fp32).stdout
     bad = run_mai("generate", str(trained_run.path), "--prompt", "x", "--precision", "fp16", check=False)
     assert_user_error(bad, "precision must be one of auto, fp32, bf16")
 
@@ -120,6 +122,7 @@ FROZEN_INTERFACE = {
     "export hf": ["--dtype", "out", "run_dir"],
     "gateway": ["config"],
     "generate": [
+        "--compile",
         "--max-new-tokens",
         "--precision",
         "--prompt",

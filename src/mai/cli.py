@@ -204,6 +204,9 @@ def generate(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
     ] = "auto",
+    compile: Annotated[
+        bool, typer.Option("--compile", help="Decode through torch.compile: 2-4x faster per token after ~10-20 s.")
+    ] = False,
 ):
     """Write the prompt followed by its completion to stdout (logs go to stderr)."""
     from mai.run import RunDir
@@ -211,7 +214,8 @@ def generate(
 
     model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
     _out(prompt)
-    for piece in stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+    pieces = stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
+    for piece in pieces:
         _out(piece)
     _out("\n")
 

@@ -36,7 +36,15 @@ def to_decoding_precision(model, precision: str = "auto"):
 
 
 def stream_completion(
-    model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int | None
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None,
+    compile: bool = False,
 ) -> Iterator[str]:
     """Yield the completion of `prompt` as text pieces; a piece never ends inside a UTF-8 character."""
     ids = tokenizer.encode(prompt)
@@ -46,7 +54,8 @@ def stream_completion(
     stop_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
     completion: list[int] = []
     emitted = ""
-    steps = generate(model, torch.tensor([ids]), min(max_new_tokens, room), temperature, top_k, top_p, seed, stop_ids)
+    new_tokens = min(max_new_tokens, room)
+    steps = generate(model, torch.tensor([ids]), new_tokens, temperature, top_k, top_p, seed, stop_ids, compile)
     for token in steps:
         token_id = int(token[0])
         if token_id in stop_ids:

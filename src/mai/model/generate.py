@@ -1,10 +1,19 @@
-"""Autoregressive decoding with the KV cache: temperature, top-k and top-p sampling, greedy at 0."""
+"""Autoregressive decoding with the KV cache: temperature, top-k and top-p sampling, greedy at 0.
 
+Eager decoding spends most of a small model's step in the dispatch of a few hundred small ops.
+`compile=True` runs each step through torch.compile instead (weights frozen into the graph, which
+lets inductor pre-pack them for the CPU's matmul kernels): 2-4× faster per token on our CPUs,
+after a one-off compilation of 10-20 s, so it pays for long or many generations.
+"""
+
+import functools
 from collections.abc import Iterator
 
 import torch
 
 from mai.model.transformer import KVCache, Transformer
+
+CACHE_BUCKET = 64  # compiled decoding sizes its cache in multiples of this, so a few graphs serve all lengths
 
 
 def sample_next(
@@ -38,23 +47,27 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stop_ids: tuple[int, ...] = (),
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next tokens (B,) for prompts (B, T) one step at a time, reusing the KV cache.
 
     Stops after max_new_tokens, at the context limit, or when every row has produced a stop id.
+    compile decodes through a compiled step (see the module docstring); the prompt runs eagerly.
     """
     batch, prompt_len = prompt.shape
     max_len = min(model.config.max_seq_len, prompt_len + max_new_tokens)
     if prompt_len >= model.config.max_seq_len:
         raise ValueError(f"prompt of {prompt_len} tokens leaves no room in max_seq_len {model.config.max_seq_len}")
     param = next(model.parameters())
-    cache = KVCache.for_decoding(model, batch, max_len)
+    cache_len = min(model.config.max_seq_len, -(-max_len // CACHE_BUCKET) * CACHE_BUCKET) if compile else max_len
+    cache = KVCache.for_decoding(model, batch, cache_len)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=param.device)
         generator.manual_seed(seed)
     finished = torch.zeros(batch, dtype=torch.bool, device=param.device)
     logits = model(prompt.to(param.device), cache, last_only=True)[:, -1]  # (B, V)
+    lengths = torch.full((batch,), prompt_len, device=param.device)  # tokens in the cache, per row
     new_tokens = max_len - prompt_len
     for i in range(new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -64,4 +77,36 @@ def generate(
             if bool(finished.all()):
                 return
         if i + 1 < new_tokens:
-            logits = model(token[:, None], cache, last_only=True)[:, -1]
+            if compile:
+                logits = compiled_decode_step(model, token[:, None], cache, lengths)
+                lengths += 1
+            else:
+                logits = model(token[:, None], cache, last_only=True)[:, -1]
+
+
+def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, lengths: torch.Tensor) -> torch.Tensor:
+    """Logits (B, V) for tokens (B, 1) following `lengths` (B,) cached tokens.
+
+    Attention spans the cache's full width, masked: fixed shapes, so one graph serves every step.
+    """
+    return model(tokens, cache, last_only=True, lengths=lengths, span=cache.max_len)[:, -1]
+
+
+def compiled_decode_step(
+    model: Transformer, tokens: torch.Tensor, cache: KVCache, lengths: torch.Tensor
+) -> torch.Tensor:
+    """decode_step through torch.compile, with the model's weights frozen into the graph as constants.
+
+    Freezing is read while dynamo traces, which torch.compile's options= does not reach, hence the
+    config patch around each call (compilation happens inside a call). A frozen graph keeps the
+    weights it was compiled with: a model whose weights change afterwards needs a new process.
+    """
+    from torch._inductor import config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        return _compiled_decode_step()(model, tokens, cache, lengths)
+
+
+@functools.cache
+def _compiled_decode_step():
+    return torch.compile(decode_step)  # one graph per model, batch size and cache width

@@ -47,14 +47,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class KVCache:
     """Keys and values of every layer for up to max_len positions; `length` positions are filled.
 
-    The cache may hold a wider dtype than the model computes in: on CPUs, attention over an fp32
-    cache is several times faster than over a bf16 one, so bf16 models decode with an fp32 cache.
+    One (B, K, max_len, E) tensor per layer rather than one for all layers: compiled decoding then
+    writes each in place, where a write into a slice of a shared tensor makes inductor copy the
+    whole layer every step. The cache may hold a wider dtype than the model computes in: on CPUs,
+    attention over an fp32 cache is several times faster than over a bf16 one, so bf16 models
+    decode with an fp32 cache.
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.max_len = max_len
         self.length = 0
 
@@ -64,6 +67,12 @@ class KVCache:
         param = next(model.parameters())
         dtype = torch.float32 if param.device.type == "cpu" else param.dtype
         return cls(model.config, batch_size, max_len, device=param.device, dtype=dtype)
+
+    def copy_row(self, row: int, source: "KVCache", source_row: int, length: int) -> None:
+        """Copy the first `length` positions of `source`'s row `source_row` into this cache's `row`, every layer."""
+        for k, v, source_k, source_v in zip(self.k, self.v, source.k, source.v, strict=True):
+            k[row, :, :length] = source_k[source_row, :, :length]
+            v[row, :, :length] = source_v[source_row, :, :length]
 
 
 class Attention(nn.Module):
@@ -93,9 +102,10 @@ class Attention(nn.Module):
         elif ragged is not None:
             positions, mask, S = ragged  # (B, T) new tokens' positions, (B, 1, T, S) what each may see (or None)
             rows = torch.arange(B, device=x.device)[:, None]
-            cache.k[layer][rows, :, positions] = k.transpose(1, 2).to(cache.k.dtype)  # (B, T, K, E) into rows 0..B-1
-            cache.v[layer][rows, :, positions] = v.transpose(1, 2).to(cache.v.dtype)
-            k, v = cache.k[layer, :B, :, :S], cache.v[layer, :B, :, :S]  # (B, K, S, E)
+            cache_k, cache_v = cache.k[layer], cache.v[layer]
+            cache_k[rows, :, positions] = k.transpose(1, 2).to(cache_k.dtype)  # (B, T, K, E) into rows 0..B-1
+            cache_v[rows, :, positions] = v.transpose(1, 2).to(cache_v.dtype)
+            k, v = cache_k[:B, :, :S], cache_v[:B, :, :S]  # (B, K, S, E)
             # Fold each key head's G = H/K query heads into its rows, (B, K, G·T, E): attention without
             # GQA, which CUDA's masked attention kernels lack (they would copy every key G times).
             G = H // K
@@ -105,9 +115,10 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, H, T, E).to(x.dtype)
         else:
             start, end = cache.length, cache.length + T
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
-            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, K, S, E)
+            cache_k, cache_v = cache.k[layer], cache.v[layer]
+            cache_k[:, :, start:end] = k
+            cache_v[:, :, start:end] = v
+            k, v = cache_k[:, :, :end], cache_v[:, :, :end]  # (B, K, S, E)
             mask = causal_mask(start, T, q.device)
             y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, enable_gqa=K != H).to(x.dtype)
         y = y.transpose(1, 2).reshape(B, T, H * E)  # (B, T, D)

@@ -212,8 +212,7 @@ class Engine:
             seq.emit(Output(prompt_logprobs=prompt_logprobs, finish_reason="length"))
             return
         row = len(self.running)
-        self.cache.k[:, row, :, :T] = self.scratch.k[:, 0, :, :T]
-        self.cache.v[:, row, :, :T] = self.scratch.v[:, 0, :, :T]
+        self.cache.copy_row(row, self.scratch, 0, T)
         self.lengths[row] = T
         self.running.append(seq)
         if not self._advance(seq, logits[-1:], prompt_logprobs):
@@ -301,8 +300,7 @@ class Engine:
             last = len(self.running) - 1
             if row != last:
                 length = int(self.lengths[last])
-                self.cache.k[:, row, :, :length] = self.cache.k[:, last, :, :length]
-                self.cache.v[:, row, :, :length] = self.cache.v[:, last, :, :length]
+                self.cache.copy_row(row, self.cache, last, length)
                 self.lengths[row] = length
                 self.running[row] = self.running[last]
             self.running.pop()
