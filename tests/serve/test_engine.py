@@ -60,6 +60,30 @@ def test_sequences_join_and_leave_the_batch_with_unchanged_greedy_output(loaded)
     assert engine.stats().running == 0 and engine.stats().waiting == 0
 
 
+def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_output(loaded, monkeypatch):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=4, max_context=256, max_waiting=16)
+    prefills = []
+    together = engine._prefill_together
+    monkeypatch.setattr(engine, "_prefill_together", lambda seqs: prefills.append(len(seqs)) or together(seqs))
+    prompts = ["ROMEO:", "JULIET: O Romeo, Romeo", "To be", "What light through yonder", "KING HENRY:\nNow"]
+    lengths = [12, 1, 20, 7, 9]  # one finishes at its first token; the fifth waits for a free row
+    collectors = [Collector() for _ in prompts]
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
+    engine.start()  # all five are waiting: four rows are prefilled in one pass
+    try:
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    assert prefills[0] == 4
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
+        assert c.text == tokenizer.decode(c.tokens) and c.finish == "length"
+    assert engine.stats().running == 0
+
+
 def test_cancelled_sequence_stops_and_frees_its_row(loaded):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, max_batch=2, max_context=256, max_waiting=4).start()

@@ -10,6 +10,7 @@ Shape letters: B batch, T sequence (new tokens), S cached + new tokens, D d_mode
 H query heads, K key/value heads, E head_dim, F ffn hidden, V vocab.
 """
 
+import copy
 import math
 
 import torch
@@ -67,6 +68,12 @@ class KVCache:
         param = next(model.parameters())
         dtype = torch.float32 if param.device.type == "cpu" else param.dtype
         return cls(model.config, batch_size, max_len, device=param.device, dtype=dtype)
+
+    def rows(self, start: int, end: int) -> "KVCache":
+        """Rows start..end-1 as a cache of their own that shares this one's memory: writes land here."""
+        view = copy.copy(self)
+        view.k, view.v = [k[start:end] for k in self.k], [v[start:end] for v in self.v]
+        return view
 
     def copy_row(self, row: int, source: "KVCache", source_row: int, length: int) -> None:
         """Copy the first `length` positions of `source`'s row `source_row` into this cache's `row`, every layer."""
@@ -180,10 +187,12 @@ class Transformer(nn.Module):
         last_only: bool = False,
         lengths: torch.Tensor | None = None,
         span: int | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) for tokens (B, T); with a cache, tokens continue after cache.length.
 
-        last_only computes logits for the last position alone, (B, 1, V), as decoding needs.
+        last_only computes logits for the last position alone, (B, 1, V), as decoding needs;
+        logits_at (B,) for one chosen position per row, (B, 1, V): a right-padded batch's last tokens.
         A ragged batch passes `lengths` (B,) too: row b's tokens continue after lengths[b] tokens
         already in cache row b (rows 0..B-1 of a cache that may hold more); cache.length is not used.
         Its attention covers the first `span` cache positions (default: up to the longest row); a
@@ -212,6 +221,8 @@ class Transformer(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[torch.arange(B, device=x.device), logits_at][:, None]  # (B, 1, D)
         x = self.norm(x)
         head = self.tok_embeddings.weight if self.output is None else self.output.weight
         return F.linear(x, head)  # (B, T, V)

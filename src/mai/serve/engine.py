@@ -2,8 +2,9 @@
 
 A sequence is one returned choice. Submitted sequences wait in a queue; one background thread loops:
 
-1. admit waiting sequences into free cache rows: prefill each prompt alone (exactly as `mai generate`
-   does), copy its keys and values into the row, and sample its first token;
+1. admit waiting sequences into free cache rows: prefill a lone prompt exactly as `mai generate`
+   does and copy its keys and values into the row, or prompts that arrived together in one padded
+   forward pass straight into their rows; sample each first token;
 2. decode one token for every running row together, a ragged batch in which each row is at its own
    length (the model's `lengths` argument); on CUDA the step replays a captured graph (cuda_graphs.py);
 3. retire rows that finished (stop token, stop string, max_tokens, context) or whose client went
@@ -25,6 +26,8 @@ import torch
 from mai.model.generate import sample_next
 from mai.model.transformer import KVCache, Transformer
 from mai.serve.cuda_graphs import GraphedDecode
+
+PAD_TO = 32  # prompts prefilled together are right-padded to a multiple of this
 
 
 class QueueFull(Exception):
@@ -179,26 +182,38 @@ class Engine:
                     self.running.clear()
 
     def _admit(self, prefill_budget: int = 4096) -> None:
-        """Prefill waiting sequences into free rows, up to about prefill_budget prompt tokens per step."""
-        while len(self.running) < self.max_batch and prefill_budget > 0:
+        """Prefill waiting sequences into free rows, up to about prefill_budget prompt tokens per step.
+
+        A lone prompt, or one whose prompt logprobs are wanted, is prefilled alone, exactly as
+        `mai generate` prefills it; several that arrive together share one forward pass.
+        """
+        admitted = []
+        while len(self.running) + len(admitted) < self.max_batch and prefill_budget > 0:
             with self.wake:
                 if not self.waiting:
-                    return
+                    break
                 seq = self.waiting.popleft()
-            if seq.cancelled:
-                continue
-            prefill_budget -= len(seq.prompt_ids)
-            try:
-                self._prefill(seq)
-            except Exception:
-                seq.emit(Output(finish_reason="error"))
-                raise
+            if not seq.cancelled:
+                prefill_budget -= len(seq.prompt_ids)
+                admitted.append(seq)
+        together = [s for s in admitted if not s.params.prompt_logprobs and s.params.max_tokens > 0]
+        if len(together) < 2:
+            together = []
+        try:
+            for seq in admitted:
+                if seq not in together:
+                    self._prefill(seq)
+            if together:
+                self._prefill_together(together)
+        except Exception:
+            for seq in admitted:
+                if seq not in self.running:
+                    seq.emit(Output(finish_reason="error"))
+            raise
 
     def _prefill(self, seq: Sequence) -> None:
         T = len(seq.prompt_ids)
-        if seq.params.seed is not None:
-            seq.generator = torch.Generator(device=self.device)
-            seq.generator.manual_seed(seq.params.seed)
+        self._seed(seq)
         self.scratch.length = 0
         prompt = torch.tensor([seq.prompt_ids], device=self.device)
         # (T, V) when the prompt's logprobs are wanted, else (1, V) for the last position as `generate` computes it
@@ -217,6 +232,34 @@ class Engine:
         self.running.append(seq)
         if not self._advance(seq, logits[-1:], prompt_logprobs):
             self._retire([row])
+
+    def _prefill_together(self, seqs: list[Sequence]) -> None:
+        """Prefill several prompts in one forward pass, right-padded, straight into the next free rows.
+
+        The padding writes keys past each prompt's end; decoding overwrites a position before any
+        query can see it, so they are never read.
+        """
+        first = len(self.running)
+        # Padded to a multiple of PAD_TO: fewer distinct shapes, so the allocator and oneDNN's
+        # kernel cache settle instead of growing with every new (rows, length) pair.
+        T = min(-(-max(len(s.prompt_ids) for s in seqs) // PAD_TO) * PAD_TO, self.max_context)
+        tokens = torch.zeros(len(seqs), T, dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            tokens[i, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
+            self._seed(seq)
+        prompt_lengths = torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device)
+        rows = self.cache.rows(first, first + len(seqs))
+        starts = torch.zeros_like(prompt_lengths)
+        logits = self.model(tokens.to(self.device), rows, lengths=starts, logits_at=prompt_lengths - 1)[:, 0]
+        self.lengths[first : first + len(seqs)] = prompt_lengths
+        self.running += seqs
+        done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, logits[i : i + 1])]
+        self._retire(done)
+
+    def _seed(self, seq: Sequence) -> None:
+        if seq.params.seed is not None:
+            seq.generator = torch.Generator(device=self.device)
+            seq.generator.manual_seed(seq.params.seed)
 
     def _decode(self) -> None:
         n = len(self.running)

