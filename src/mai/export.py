@@ -46,22 +46,8 @@ def import_hf(source: Path, run: RunDir) -> RunConfig:
     """Turn a transformers checkpoint directory or GGUF file into a new run directory."""
     if run.config_path.exists():
         raise MaiError(f"{run.path} already holds a run; import into a new directory")
-    if not source.exists():
-        raise MaiError(f"{source} does not exist; pass a transformers checkpoint directory or a .gguf file")
-    gguf = _find_gguf(source)
-    hf_config, hf_state, tokenizer = _read_gguf(gguf) if gguf else _read_hf_dir(source)
-    try:
-        model_fields = hf.config_from_hf(hf_config)
-    except (KeyError, ValueError) as e:
-        raise MaiError(f"{source}: cannot import ({e})") from None
-    config = validate_config({"preset": f"import:{source.name}", "model": model_fields})
-    try:
-        state = hf.from_hf(hf_state, config.model)
-    except ValueError as e:
-        raise MaiError(f"{source}: weights do not match its config ({e})") from None
-
-    model = build_model(config.model)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model, tokenizer = load_hf_dir(source)
+    config = validate_config({"preset": f"import:{source.name}", "model": model.config.model_dump()})
     run.path.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, run.path)
     run.write_config(config)
@@ -76,16 +62,39 @@ def import_hf(source: Path, run: RunDir) -> RunConfig:
 
 
 def load_hf_dir(source: Path):
-    """A transformers checkpoint directory as our model (eval mode) and tokenizer, without a run directory."""
-    hf_config, hf_state, tokenizer = _read_hf_dir(source)
+    """A transformers checkpoint directory or GGUF file as our model (fp32, eval mode) and tokenizer."""
+    if not source.exists():
+        raise MaiError(f"{source} does not exist; pass a transformers checkpoint directory or a .gguf file")
+    gguf = _find_gguf(source)
+    hf_config, hf_state, tokenizer = _read_gguf(gguf) if gguf else _read_hf_dir(source)
     try:
         config = ModelConfig(**hf.config_from_hf(hf_config))
-        state = hf.from_hf(hf_state, config)
     except (KeyError, ValueError) as e:
-        raise MaiError(f"{source}: cannot load this checkpoint ({e})") from None
+        raise MaiError(f"{source}: cannot import ({e})") from None
+    try:
+        state = hf.from_hf(hf_state, config)
+    except ValueError as e:
+        raise MaiError(f"{source}: weights do not match its config ({e})") from None
     model = build_model(config)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), tokenizer
+
+
+def load_pretrained(path: Path, device: str = "cpu"):
+    """(model, tokenizer, run) from a run directory, a transformers checkpoint directory or a GGUF file.
+
+    run is the RunDir for a run directory and None otherwise; `mai eval` and `mai serve` take all three.
+    """
+    run = RunDir(path)
+    if run.config_path.is_file():
+        model, _, tokenizer = load_model(run, device)
+        return model, tokenizer, run
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise MaiError(
+            f"{path} is neither a run directory (config.toml) nor a transformers checkpoint (config.json or .gguf)"
+        )
+    model, tokenizer = load_hf_dir(path)
+    return model.to(device), tokenizer, None
 
 
 def _find_gguf(source: Path) -> Path | None:

@@ -14,7 +14,6 @@ Results go to eval.json (and every example's details to eval_samples.jsonl) besi
 import io
 import json
 import re
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,8 @@ from mai.bpb import bits_per_byte, validation_windows
 from mai.errors import MaiError
 from mai.eval.sandbox import Limits, run_programs
 from mai.eval.scoring import Scorer
-from mai.run import RunDir, atomic_write_json, atomic_write_text, load_model
+from mai.export import load_pretrained
+from mai.run import RunDir, atomic_write_json, atomic_write_text
 from mai.taskdata import Task, load_task, resolve_tasks
 
 console = Console(stderr=True)
@@ -38,19 +38,8 @@ PRECISIONS = ("fp32", "bf16")
 
 def load_for_eval(path: Path, device: str = "cpu"):
     """(model, tokenizer, checkpoint name, run or None) from a run directory or a transformers/GGUF directory."""
-    run = RunDir(path)
-    if run.config_path.is_file():
-        model, _, tokenizer = load_model(run, device)
-        return model, tokenizer, run.latest_checkpoint().name, run
-    if not path.exists():
-        raise MaiError(f"{path} does not exist; pass a run directory or a transformers checkpoint directory")
-    from mai.export import import_hf
-
-    with tempfile.TemporaryDirectory(prefix="mai-eval-") as tmp:
-        imported = RunDir(Path(tmp) / "run")
-        import_hf(path, imported)
-        model, _, tokenizer = load_model(imported, device)
-    return model, tokenizer, "imported", None
+    model, tokenizer, run = load_pretrained(path, device)
+    return model, tokenizer, run.latest_checkpoint().name if run else "imported", run
 
 
 def evaluate(

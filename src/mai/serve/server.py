@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from mai.errors import MaiError
+from mai.export import load_pretrained
 from mai.sample import check_precision, to_decoding_precision
 from mai.serve import protocol as p
 from mai.serve.engine import Engine, Output, QueueFull, SamplingParams, Sequence, TokenLogprob
@@ -46,20 +47,6 @@ class ApiError(Exception):
 class Settings:
     model_name: str
     api_key: str | None = None  # when set, /v1 routes need `Authorization: Bearer <api_key>`
-
-
-def load_for_serving(path: Path, device: str = "cpu"):
-    """Model and tokenizer from a run directory (config.toml) or a transformers directory (config.json)."""
-    from mai.export import load_hf_dir
-    from mai.run import RunDir, load_model
-
-    if (path / "config.toml").is_file():
-        model, _, tokenizer = load_model(RunDir(path), device)
-        return model, tokenizer
-    if (path / "config.json").is_file():
-        model, tokenizer = load_hf_dir(path)
-        return model.to(device), tokenizer
-    raise MaiError(f"{path} is neither a run directory (config.toml) nor a transformers directory (config.json)")
 
 
 class Metrics:
@@ -516,7 +503,7 @@ def serve(
             raise MaiError(f"environment variable {api_key_env} is empty or unset; export the API key in it")
     check_precision(precision)
     map_large_allocations()
-    model, tokenizer = load_for_serving(path, "cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, _ = load_pretrained(path, "cuda" if torch.cuda.is_available() else "cpu")
     model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
     context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
     engine = Engine(model, tokenizer, max_batch, context, max_waiting).start()
