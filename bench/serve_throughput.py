@@ -9,7 +9,7 @@ is idle while the peer runs. Ratio = ours at concurrency C over transformers bat
 Goals (issue 5), on a GPU with the ~1.5B preset in bf16: ≥ 500 tokens/s at concurrency 1 and
 ≥ 10,000 tokens/s at concurrency 32. On CPU the figures are recorded beside the peer, no goal.
 
-    python bench/serve_throughput.py [--preset tiny|1.5b] [--rounds 3] [--new-tokens 128] [--quick]
+    python bench/serve_throughput.py [--preset tiny|1.5b] [--rounds 3] [--new-tokens 128] [--compile] [--quick]
     python bench/serve_throughput.py --gpu      # the ~1.5B preset on CUDA in bf16
 """
 
@@ -53,7 +53,9 @@ def export_model(config: ModelConfig, tokenizer, out: Path, dtype: torch.dtype) 
     save_tokenizer(tokenizer, out)
 
 
-def start_server(model_dir: Path, max_batch: int, max_context: int, precision: str) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model_dir: Path, max_batch: int, max_context: int, precision: str, compile: bool
+) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -61,6 +63,7 @@ def start_server(model_dir: Path, max_batch: int, max_context: int, precision: s
     command = [mai, "serve", str(model_dir), "--port", str(port), "--max-batch", str(max_batch)]
     command += ["--max-context", str(max_context)]  # the KV cache a deployment would size for these requests
     command += ["--precision", precision]  # the peer's precision: a like-for-like comparison
+    command += ["--compile"] if compile else []
     process = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -122,6 +125,7 @@ def main():
     parser.add_argument("--sequential-prompts", type=int, default=2, help="prompts the sequential peer times")
     parser.add_argument("--data", help="a prepared run directory to take tokens and tokenizer from")
     parser.add_argument("--quick", action="store_true", help="1 round, 16 new tokens: a smoke run")
+    parser.add_argument("--compile", action="store_true", help="CPU: mai serve --compile (CUDA always uses graphs)")
     args = parser.parse_args()
     if args.gpu:
         args.preset = "1.5b"
@@ -143,7 +147,11 @@ def main():
         export_model(config, load_tokenizer(run), model_dir, dtype)
         reference = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         process, url = start_server(
-            model_dir, max(args.concurrency), PROMPT_TOKENS + args.new_tokens, "bf16" if args.gpu else "fp32"
+            model_dir,
+            max(args.concurrency),
+            PROMPT_TOKENS + args.new_tokens,
+            "bf16" if args.gpu else "fp32",
+            args.compile,
         )
         try:
             asyncio.run(ours(url, model_dir.name, prompts[:2], 4))  # warm-up both arms
@@ -189,6 +197,7 @@ def main():
             "preset": args.preset,
             "model": config.model_dump(),
             "dtype": str(dtype),
+            "compile": args.compile,
             "new_tokens": args.new_tokens,
             "prompt_tokens": PROMPT_TOKENS,
             "ours": {

@@ -139,6 +139,7 @@ FROZEN_INTERFACE = {
     "run": ["--run-dir", "--set", "preset"],
     "serve": [
         "--api-key-env",
+        "--compile",
         "--host",
         "--max-batch",
         "--max-context",

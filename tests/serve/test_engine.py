@@ -84,6 +84,22 @@ def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_outpu
     assert engine.stats().running == 0
 
 
+def test_compiled_decoding_gives_eager_greedy_output(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8, compile=True).start()
+    prompts, lengths = ["ROMEO:", "JULIET: O", "To be, or not", "What light"], [20, 6, 14, 9]
+    collectors = [Collector() for _ in prompts]
+    try:
+        for prompt, n, c in zip(prompts, lengths, collectors, strict=True):  # one at a time: rows 1, 2, 3
+            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
+
+
 def test_cancelled_sequence_stops_and_frees_its_row(loaded):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, max_batch=2, max_context=256, max_waiting=4).start()

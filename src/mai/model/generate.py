@@ -109,4 +109,4 @@ def compiled_decode_step(
 
 @functools.cache
 def _compiled_decode_step():
-    return torch.compile(decode_step)  # one graph per model, batch size and cache width
+    return torch.compile(decode_step, dynamic=False)  # one graph per model, batch size and cache width

@@ -6,7 +6,8 @@ A sequence is one returned choice. Submitted sequences wait in a queue; one back
    does and copy its keys and values into the row, or prompts that arrived together in one padded
    forward pass straight into their rows; sample each first token;
 2. decode one token for every running row together, a ragged batch in which each row is at its own
-   length (the model's `lengths` argument); on CUDA the step replays a captured graph (cuda_graphs.py);
+   length (the model's `lengths` argument); on CUDA the step replays a captured graph, on CPUs with
+   `compile` it runs a compiled one (fixed_shapes.py);
 3. retire rows that finished (stop token, stop string, max_tokens, context) or whose client went
    away, moving the last row into the gap so the running rows stay 0..n-1.
 
@@ -25,7 +26,7 @@ import torch
 
 from mai.model.generate import sample_next
 from mai.model.transformer import KVCache, Transformer
-from mai.serve.cuda_graphs import GraphedDecode
+from mai.serve.fixed_shapes import CompiledDecode, GraphedDecode
 
 PAD_TO = 32  # prompts prefilled together are right-padded to a multiple of this
 
@@ -118,7 +119,10 @@ class Sequence:
 class Engine:
     """Continuous batching of sequences over `model`, on a background thread started by start()."""
 
-    def __init__(self, model: Transformer, tokenizer, max_batch: int, max_context: int, max_waiting: int):
+    def __init__(
+        self, model: Transformer, tokenizer, max_batch: int, max_context: int, max_waiting: int, compile: bool = False
+    ):
+        """compile: on CPUs, decode through a compiled graph per batch-size bucket, all compiled here, now."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -128,7 +132,13 @@ class Engine:
         self.cache = KVCache.for_decoding(model, max_batch, max_context)  # as `generate` makes its cache
         self.scratch = KVCache.for_decoding(model, 1, max_context)
         self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
-        self.graphed = GraphedDecode(model, self.cache, self.lengths) if self.device.type == "cuda" else None
+        self.fixed = None  # the decode step at fixed shapes, when there is one (fixed_shapes.py)
+        if self.device.type == "cuda":
+            self.fixed = GraphedDecode(model, self.cache, self.lengths)
+        elif compile:
+            self.fixed = CompiledDecode(model, self.cache, self.lengths)
+            with torch.inference_mode():
+                self.fixed.compile_all()
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.wake = threading.Condition()
@@ -264,8 +274,8 @@ class Engine:
     def _decode(self) -> None:
         n = len(self.running)
         tokens = torch.tensor([[s.output_ids[-1]] for s in self.running], device=self.device)  # (n, 1)
-        if self.graphed is not None:
-            logits = self.graphed(tokens, n)  # (n, V)
+        if self.fixed is not None:
+            logits = self.fixed(tokens, n)  # (n, V)
         else:
             logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1

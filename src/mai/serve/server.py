@@ -492,6 +492,7 @@ def serve(
     max_context: int | None,
     max_waiting: int,
     precision: str,
+    compile: bool = False,
 ) -> None:
     """Load the model, start the engine and run uvicorn until interrupted."""
     import uvicorn
@@ -506,7 +507,7 @@ def serve(
     model, tokenizer, _ = load_pretrained(path, "cuda" if torch.cuda.is_available() else "cpu")
     model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
     context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
-    engine = Engine(model, tokenizer, max_batch, context, max_waiting).start()
+    engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile).start()
     settings = Settings(path.resolve().name, api_key)
     try:
         uvicorn.run(build_app(engine, settings), host=host, port=port, log_level="warning")
