@@ -37,24 +37,33 @@ def alone(model, ids, n):
     return [int(t[0]) for t in generate(model, torch.tensor([ids]), n, temperature=0)]
 
 
+def decode_greedy(engine, tokenizer, prompts, lengths, collectors) -> None:
+    """Submit each prompt as a greedy request of its own (then start the engine if it is not running), wait, stop."""
+    try:
+        for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
+        if not engine.thread.is_alive():
+            engine.start()
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+
+
+def assert_as_decoded_alone(model, tokenizer, prompts, lengths, collectors) -> None:
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
+        assert c.text == tokenizer.decode(c.tokens) and c.finish == "length"
+
+
 def test_sequences_join_and_leave_the_batch_with_unchanged_greedy_output(loaded):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, max_batch=3, max_context=256, max_waiting=16).start()
     prompts = ["ROMEO:", "JULIET: O", "To be, or not", "What light", "KING HENRY:\nNow"]
     lengths = [30, 5, 18, 9, 24]  # unequal, so rows leave at different steps and waiting ones join
-    collectors = []
-    try:
-        for prompt, n in zip(prompts, lengths, strict=True):
-            collector = Collector(engine)
-            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), collector)])
-            collectors.append(collector)
-        for c in collectors:
-            assert c.done.wait(60)
-    finally:
-        engine.stop()
-    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
-        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
-        assert c.text == tokenizer.decode(c.tokens) and c.finish == "length"
+    collectors = [Collector(engine) for _ in prompts]
+    decode_greedy(engine, tokenizer, prompts, lengths, collectors)
+    assert_as_decoded_alone(model, tokenizer, prompts, lengths, collectors)
     sizes = [s for c in collectors for s in c.batch_sizes]
     assert max(sizes) == 3 and min(sizes) < 3  # a full batch, and rows coming and going
     assert engine.stats().running == 0 and engine.stats().waiting == 0
@@ -62,25 +71,16 @@ def test_sequences_join_and_leave_the_batch_with_unchanged_greedy_output(loaded)
 
 def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_output(loaded, monkeypatch):
     model, tokenizer = loaded
-    engine = Engine(model, tokenizer, max_batch=4, max_context=256, max_waiting=16)
+    engine = Engine(model, tokenizer, max_batch=4, max_context=256, max_waiting=16)  # started once all wait
     prefills = []
     together = engine._prefill_together
     monkeypatch.setattr(engine, "_prefill_together", lambda seqs: prefills.append(len(seqs)) or together(seqs))
     prompts = ["ROMEO:", "JULIET: O Romeo, Romeo", "To be", "What light through yonder", "KING HENRY:\nNow"]
     lengths = [12, 1, 20, 7, 9]  # one finishes at its first token; the fifth waits for a free row
     collectors = [Collector() for _ in prompts]
-    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
-        engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
-    engine.start()  # all five are waiting: four rows are prefilled in one pass
-    try:
-        for c in collectors:
-            assert c.done.wait(60)
-    finally:
-        engine.stop()
-    assert prefills[0] == 4
-    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
-        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
-        assert c.text == tokenizer.decode(c.tokens) and c.finish == "length"
+    decode_greedy(engine, tokenizer, prompts, lengths, collectors)
+    assert prefills[0] == 4  # four rows prefilled in one pass
+    assert_as_decoded_alone(model, tokenizer, prompts, lengths, collectors)
     assert engine.stats().running == 0
 
 
@@ -89,15 +89,8 @@ def test_compiled_decoding_gives_eager_greedy_output(loaded):
     engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8, compile=True).start()
     prompts, lengths = ["ROMEO:", "JULIET: O", "To be, or not", "What light"], [20, 6, 14, 9]
     collectors = [Collector() for _ in prompts]
-    try:
-        for prompt, n, c in zip(prompts, lengths, collectors, strict=True):  # one at a time: rows 1, 2, 3
-            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
-        for c in collectors:
-            assert c.done.wait(60)
-    finally:
-        engine.stop()
-    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
-        assert c.tokens == alone(model, tokenizer.encode(prompt), n)
+    decode_greedy(engine, tokenizer, prompts, lengths, collectors)
+    assert_as_decoded_alone(model, tokenizer, prompts, lengths, collectors)
 
 
 def test_cancelled_sequence_stops_and_frees_its_row(loaded):
