@@ -84,6 +84,16 @@ def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_outpu
     assert engine.stats().running == 0
 
 
+def test_a_step_prefills_at_most_its_budget_of_padded_prompt_tokens(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=8, max_context=256, max_waiting=8)  # not started: steps by hand
+    prompt = list(range(20, 40))  # 20 tokens
+    engine.submit([Sequence(prompt, SamplingParams(max_tokens=5, temperature=0), Collector()) for _ in range(4)])
+    with torch.inference_mode():
+        engine._admit(prefill_budget=64)  # three 20-token prompts fit, a fourth would make 80
+    assert len(engine.running) == 3 and len(engine.waiting) == 1
+
+
 def test_compiled_decoding_gives_eager_greedy_output(loaded):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8, compile=True).start()

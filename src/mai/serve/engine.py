@@ -192,19 +192,23 @@ class Engine:
                     self.running.clear()
 
     def _admit(self, prefill_budget: int = 4096) -> None:
-        """Prefill waiting sequences into free rows, up to about prefill_budget prompt tokens per step.
+        """Prefill waiting sequences into free rows, up to prefill_budget padded prompt tokens per step
+        (a longer prompt still goes, alone).
 
         A lone prompt, or one whose prompt logprobs are wanted, is prefilled alone, exactly as
         `mai generate` prefills it; several that arrive together share one forward pass.
         """
-        admitted = []
-        while len(self.running) + len(admitted) < self.max_batch and prefill_budget > 0:
+        admitted, longest = [], 0
+        while len(self.running) + len(admitted) < self.max_batch:
             with self.wake:
                 if not self.waiting:
                     break
-                seq = self.waiting.popleft()
+                seq = self.waiting[0]
+                if admitted and max(longest, len(seq.prompt_ids)) * (len(admitted) + 1) > prefill_budget:
+                    break  # it waits for the next step
+                self.waiting.popleft()
             if not seq.cancelled:
-                prefill_budget -= len(seq.prompt_ids)
+                longest = max(longest, len(seq.prompt_ids))
                 admitted.append(seq)
         together = [s for s in admitted if not s.params.prompt_logprobs and s.params.max_tokens > 0]
         if len(together) < 2:
