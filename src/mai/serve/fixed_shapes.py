@@ -79,6 +79,9 @@ class CompiledDecode(FixedShapeDecode):
 
         Each bucket decodes position 0 of its idle rows, which prefill overwrites before use.
         """
+        # dynamo keeps recompile_limit (8) graphs per function and runs any further shape eagerly
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, len(self.buckets()) + 1)
         for rows in self.buckets():
             self.lengths[:rows].zero_()
             self.run(rows)
