@@ -11,7 +11,7 @@ computed and ignored.
 
 import torch
 
-from mai.model.generate import compiled_decode_step
+from mai.model.generate import compiled_decode_step, decode_step
 from mai.model.transformer import KVCache, Transformer
 
 
@@ -23,7 +23,7 @@ class FixedShapeDecode:
         self.tokens = torch.zeros(len(lengths), 1, dtype=torch.long, device=lengths.device)
 
     def __call__(self, tokens: torch.Tensor, n: int) -> torch.Tensor:
-        rows = min(1 << (n - 1).bit_length(), len(self.lengths))
+        rows = self.bucket(n)
         self.tokens[:n].copy_(tokens)
         self.lengths[n:rows].zero_()  # idle rows write position 0 of their own row, which prefill overwrites
         return self.run(rows)[:n]
@@ -32,9 +32,13 @@ class FixedShapeDecode:
         """Logits (rows, V) of the first `rows` rows."""
         raise NotImplementedError
 
+    def bucket(self, n: int) -> int:
+        """The rows a step over n running rows computes: the power of two at or above n, at most the cache's."""
+        return min(1 << (n - 1).bit_length(), len(self.lengths))
+
     def buckets(self) -> list[int]:
-        """Every row count a step can run at: powers of two up to the cache's rows, and its rows."""
-        return sorted({min(1 << i, len(self.lengths)) for i in range(len(self.lengths).bit_length() + 1)})
+        """Every row count a step can run at."""
+        return sorted({self.bucket(n) for n in range(1, len(self.lengths) + 1)})
 
 
 class GraphedDecode(FixedShapeDecode):
@@ -47,12 +51,10 @@ class GraphedDecode(FixedShapeDecode):
             self.graphs[rows] = self._capture(rows)
         graph, logits = self.graphs[rows]
         graph.replay()
-        return logits[:, -1]
+        return logits
 
     def _step(self, rows: int) -> torch.Tensor:
-        return self.model(
-            self.tokens[:rows], self.cache, last_only=True, lengths=self.lengths[:rows], span=self.cache.max_len
-        )
+        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # A warm-up outside the graph creates cuBLAS handles and workspaces. It writes the same keys
