@@ -21,7 +21,7 @@ class Collector:
 
     def __init__(self, engine=None):
         self.tokens, self.text, self.finish, self.done = [], "", None, threading.Event()
-        self.engine, self.batch_sizes = engine, []
+        self.engine, self.batch_sizes, self.finishes = engine, [], []
 
     def __call__(self, out):
         self.tokens += out.token_ids
@@ -30,6 +30,7 @@ class Collector:
             self.batch_sizes.append(len(self.engine.running))
         if out.finish_reason:
             self.finish = out.finish_reason
+            self.finishes.append(out.finish_reason)
             self.done.set()
 
 
@@ -92,6 +93,36 @@ def test_a_step_prefills_at_most_its_budget_of_padded_prompt_tokens(loaded):
     with torch.inference_mode():
         engine._admit(prefill_budget=64)  # three 20-token prompts fit, a fourth would make 80
     assert len(engine.running) == 3 and len(engine.waiting) == 1
+
+
+def test_a_failed_step_reports_one_error_to_each_unfinished_sequence_and_serving_goes_on(loaded, monkeypatch):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=4, max_context=128, max_waiting=8)  # started once all wait
+    advance, advanced = engine._advance, []
+
+    def advance_failing_on_the_third(seq, *args, **kwargs):
+        advanced.append(seq)
+        if len(advanced) == 3:
+            raise RuntimeError("injected failure")
+        return advance(seq, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "_advance", advance_failing_on_the_third)
+    prompts, lengths = ["ROMEO:", "JULIET: O", "To be"], [1, 5, 5]  # the first finishes before the failure
+    collectors = [Collector() for _ in prompts]
+    try:
+        for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+            engine.submit([Sequence(tokenizer.encode(prompt), SamplingParams(max_tokens=n, temperature=0), c)])
+        engine.start()  # the three prefill together; the third's first token fails
+        for c in collectors:
+            assert c.done.wait(60)
+        after = Collector()
+        engine.submit([Sequence(tokenizer.encode("What light"), SamplingParams(max_tokens=4, temperature=0), after)])
+        assert after.done.wait(60)
+    finally:
+        engine.stop()
+    assert [c.finishes for c in collectors] == [["length"], ["error"], ["error"]]
+    assert after.finishes == ["length"] and len(after.tokens) == 4
+    assert engine.stats().running == 0
 
 
 def test_compiled_decoding_gives_eager_greedy_output(loaded):

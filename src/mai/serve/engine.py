@@ -95,9 +95,11 @@ class Sequence:
         self.prefix_offset = 0  # incremental detokenization window over output_ids
         self.read_offset = 0
         self.held: Output | None = None  # what a non-streaming sequence has produced so far
+        self.finished = False  # its last output (the one with a finish_reason) has been reported
 
     def report(self, out: Output) -> None:
         """Emit `out`, or for a non-streaming sequence hold it until the last one and emit them as one."""
+        self.finished = out.finish_reason is not None
         if self.params.stream:
             self.emit(out)
             return
@@ -110,6 +112,12 @@ class Sequence:
             self.held.finish_reason = out.finish_reason
         if out.finish_reason is not None:
             self.emit(self.held)
+
+    def fail(self) -> None:
+        """Finish with an error (the engine failed mid-step), unless its last output has already gone out."""
+        if not self.finished:
+            self.finished = True
+            self.emit(Output(finish_reason="error"))
 
     def cancel(self) -> None:
         """Stop generating at the next step (the client went away); safe from any thread."""
@@ -188,7 +196,7 @@ class Engine:
                 except Exception:  # a bug: fail the batch, keep serving, keep the traceback in the log
                     traceback.print_exc()
                     for seq in self.running:
-                        seq.emit(Output(finish_reason="error"))
+                        seq.fail()
                     self.running.clear()
 
     def _admit(self, prefill_budget: int = 4096) -> None:
@@ -221,8 +229,8 @@ class Engine:
                 self._prefill_together(together)
         except Exception:
             for seq in admitted:
-                if seq not in self.running:
-                    seq.emit(Output(finish_reason="error"))
+                if seq not in self.running:  # the caller fails the running ones
+                    seq.fail()
             raise
 
     def _prefill(self, seq: Sequence) -> None:
@@ -238,7 +246,7 @@ class Engine:
             targets = torch.tensor(seq.prompt_ids[1:], device=self.device)
             prompt_logprobs = [None, *token_logprobs(logits[:-1], targets, k)]
         if seq.params.max_tokens == 0:
-            seq.emit(Output(prompt_logprobs=prompt_logprobs, finish_reason="length"))
+            seq.report(Output(prompt_logprobs=prompt_logprobs, finish_reason="length"))
             return
         row = len(self.running)
         self.cache.copy_row(row, self.scratch, 0, T)
