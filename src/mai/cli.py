@@ -222,7 +222,7 @@ def generate(
 
 @app.command()
 def serve(
-    path: Annotated[Path, typer.Argument(help="Run directory, or a transformers directory from `mai export hf`.")],
+    path: Annotated[Path, typer.Argument(help="Run directory, transformers checkpoint directory, or a .gguf file.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key_env: Annotated[
@@ -247,8 +247,10 @@ def serve(
     """Serve the model over an OpenAI-compatible API, with a chat page at /."""
     from mai.serve.server import serve as run_server
 
-    if not path.is_dir():
-        raise MaiError(f"{path} is not a directory; pass a run directory or a `mai export hf` directory")
+    if not path.exists():
+        raise MaiError(
+            f"{path} does not exist; pass a run directory, a transformers checkpoint directory or a .gguf file"
+        )
     run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting, precision, compile)
 
 
@@ -308,7 +310,7 @@ def import_hf_cmd(
 
 @eval_app.command("run")
 def eval_run(
-    path: Annotated[Path, typer.Argument(help="Run directory, or a transformers checkpoint / GGUF directory.")],
+    path: Annotated[Path, typer.Argument(help="Run directory, transformers checkpoint directory, or a .gguf file.")],
     tasks: Annotated[
         list[str] | None,
         typer.Option(
