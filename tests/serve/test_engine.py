@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from mai.model.generate import generate
+from mai.model.generate import generate, sample_next
 from mai.run import load_model
 from mai.serve.engine import Engine, QueueFull, SamplingParams, Sequence
 
@@ -83,6 +83,35 @@ def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_outpu
     assert prefills[0] == 4  # four rows prefilled in one pass
     assert_as_decoded_alone(model, tokenizer, prompts, lengths, collectors)
     assert engine.stats().running == 0
+
+
+def test_unseeded_rows_sample_in_one_call_and_a_seeded_row_samples_as_generate_does(loaded, monkeypatch):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=6, max_context=128, max_waiting=8)  # started once all wait
+    rows_per_call = []
+    monkeypatch.setattr(
+        "mai.serve.engine.sample_next",
+        lambda logits, *args: rows_per_call.append(len(logits)) or sample_next(logits, *args),
+    )
+    prompt, n = tokenizer.encode("ROMEO:"), 6
+    sampled = SamplingParams(max_tokens=n, temperature=0.8, top_p=0.9)
+    seeded = SamplingParams(max_tokens=n, temperature=0.8, top_p=0.9, seed=5)
+    greedy = SamplingParams(max_tokens=n, temperature=0)
+    params = [sampled] * 4 + [seeded, greedy]
+    collectors = [Collector() for _ in params]
+    try:
+        for p, c in zip(params, collectors, strict=True):
+            engine.submit([Sequence(prompt, p, c)])
+        engine.start()
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    assert sorted(rows_per_call) == [1] * n + [4] * n  # per step: the four together, the seeded one alone
+    expected = generate(model, torch.tensor([prompt]), n, temperature=0.8, top_p=0.9, seed=5)
+    assert collectors[4].tokens == [int(t[0]) for t in expected]
+    assert collectors[5].tokens == alone(model, prompt, n)
+    assert all(len(c.tokens) == n and c.finish == "length" for c in collectors)
 
 
 def test_a_step_prefills_at_most_its_budget_of_padded_prompt_tokens(loaded):

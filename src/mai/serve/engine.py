@@ -18,7 +18,7 @@ back through each sequence's `emit` callback, called on the engine thread.
 import threading
 import time
 import traceback
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -252,7 +252,7 @@ class Engine:
         self.cache.copy_row(row, self.scratch, 0, T)
         self.lengths[row] = T
         self.running.append(seq)
-        if not self._advance(seq, logits[-1:], prompt_logprobs):
+        if not self._advance(seq, self._pick([seq], logits[-1:])[0], logits[-1:], prompt_logprobs):
             self._retire([row])
 
     def _prefill_together(self, seqs: list[Sequence]) -> None:
@@ -275,7 +275,8 @@ class Engine:
         logits = self.model(tokens.to(self.device), rows, lengths=starts, logits_at=prompt_lengths - 1)[:, 0]
         self.lengths[first : first + len(seqs)] = prompt_lengths
         self.running += seqs
-        done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, logits[i : i + 1])]
+        tokens = self._pick(seqs, logits)
+        done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, tokens[i], logits[i : i + 1])]
         self._retire(done)
 
     def _seed(self, seq: Sequence) -> None:
@@ -291,26 +292,39 @@ class Engine:
         else:
             logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1
-        greedy = logits.argmax(dim=-1).tolist()  # one device sync for every greedy row
+        tokens = self._pick(self.running, logits)
         done = [
-            row
-            for row, seq in enumerate(self.running)
-            if not self._advance(seq, logits[row : row + 1], greedy=greedy[row])
+            row for row, seq in enumerate(self.running) if not self._advance(seq, tokens[row], logits[row : row + 1])
         ]
         self._retire(done)
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor, prompt_logprobs=None, greedy: int | None = None) -> bool:
-        """Sample seq's next token from logits (1, V) (or take `greedy`, its argmax, at temperature 0) and emit it.
+    def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        """Each sequence's next token from its row of logits (n, V), with one device sync for all rows.
 
-        False when seq is finished.
+        Greedy rows take the argmax. A seeded row samples alone with its own generator, as
+        `mai generate --seed` does; the other rows sample together, one call per distinct setting,
+        instead of one call and one sync each.
         """
+        picks = logits.argmax(dim=-1)
+        together = defaultdict(list)  # (temperature, top_k, top_p) -> rows
+        for row, seq in enumerate(seqs):
+            p = seq.params
+            if p.temperature == 0:
+                continue
+            if seq.generator is not None:
+                picks[row] = sample_next(logits[row : row + 1], p.temperature, p.top_k, p.top_p, seq.generator)[0]
+            else:
+                together[p.temperature, p.top_k, p.top_p].append(row)
+        for (temperature, top_k, top_p), rows in together.items():
+            index = torch.tensor(rows, device=logits.device)
+            picks[index] = sample_next(logits[index], temperature, top_k, top_p, None)
+        return picks.tolist()
+
+    def _advance(self, seq: Sequence, token: int, logits: torch.Tensor, prompt_logprobs=None) -> bool:
+        """Emit seq's next token (its logits (1, V) give the logprobs, when asked for); False when seq is finished."""
         if seq.cancelled:
             return False
         p = seq.params
-        if p.temperature == 0 and greedy is not None:
-            token = greedy
-        else:
-            token = int(sample_next(logits, p.temperature, p.top_k, p.top_p, seq.generator)[0])
         now = time.perf_counter()
         self.on_token(seq, now)
         seq.first_token_at = seq.first_token_at or now
