@@ -31,7 +31,8 @@ def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
 
 
 def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
-    settings = ["train.steps=40", "train.checkpoint_every=20", "train.eval_every=20"]
+    """Compiled, as the presets train."""
+    settings = ["train.steps=40", "train.checkpoint_every=20", "train.eval_every=20", "train.compile=true"]
     reference = copy_run(prepared_run, tmp_path / "reference")
     reference.write_config(apply_overrides(reference.read_config(), settings))
     run_mai("train", str(reference.path))

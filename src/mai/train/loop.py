@@ -51,6 +51,20 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def make_deterministic(device: torch.device) -> None:
+    """Same config, same seed, same weights bit for bit, compiled or not, on CPUs.
+
+    Compiled, inductor turns the embedding's backward into a scatter-add with atomic adds, whose
+    order (and so the rounding) changes from run to run: two runs, or a run and its resumption,
+    drift apart by about 1e-7 a step. PyTorch's deterministic mode makes it use ATen's serial
+    kernel instead, at no measurable cost here. Uninitialised memory is left unfilled, as without
+    the mode. GPUs are left alone: there the mode costs speed (torchtitan makes it a debug option).
+    """
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
     with autocast(device, precision):
         logits = model(inputs.to(device))
@@ -114,6 +128,7 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
     )
 
+    make_deterministic(device)
     torch.manual_seed(tc.seed)
     model = build_model(config.model, seed=tc.seed, device=device)
     optimizer = build_optimizer(model, tc)
