@@ -247,10 +247,6 @@ def serve(
     """Serve the model over an OpenAI-compatible API, with a chat page at /."""
     from mai.serve.server import serve as run_server
 
-    if not path.exists():
-        raise MaiError(
-            f"{path} does not exist; pass a run directory, a transformers checkpoint directory or a .gguf file"
-        )
     run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting, precision, compile)
 
 

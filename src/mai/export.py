@@ -85,6 +85,10 @@ def load_pretrained(path: Path, device: str = "cpu"):
 
     run is the RunDir for a run directory and None otherwise; `mai eval` and `mai serve` take all three.
     """
+    if not path.exists():
+        raise MaiError(
+            f"{path} does not exist; pass a run directory, a transformers checkpoint directory or a .gguf file"
+        )
     run = RunDir(path)
     if run.config_path.is_file():
         model, _, tokenizer = load_model(run, device)

@@ -275,8 +275,8 @@ class Engine:
         logits = self.model(tokens.to(self.device), rows, lengths=starts, logits_at=prompt_lengths - 1)[:, 0]
         self.lengths[first : first + len(seqs)] = prompt_lengths
         self.running += seqs
-        tokens = self._pick(seqs, logits)
-        done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, tokens[i], logits[i : i + 1])]
+        picks = self._pick(seqs, logits)
+        done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, picks[i], logits[i : i + 1])]
         self._retire(done)
 
     def _seed(self, seq: Sequence) -> None:
@@ -292,9 +292,9 @@ class Engine:
         else:
             logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
         self.lengths[:n] += 1
-        tokens = self._pick(self.running, logits)
+        picks = self._pick(self.running, logits)
         done = [
-            row for row, seq in enumerate(self.running) if not self._advance(seq, tokens[row], logits[row : row + 1])
+            row for row, seq in enumerate(self.running) if not self._advance(seq, picks[row], logits[row : row + 1])
         ]
         self._retire(done)
 
