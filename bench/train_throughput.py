@@ -27,7 +27,7 @@ from mai.config import load_config
 from mai.model.info import model_info
 from mai.model.transformer import build_model
 from mai.train.batches import WindowSampler
-from mai.train.loop import loss_fn, make_deterministic, resolve_precision
+from mai.train.loop import deterministic, loss_fn, resolve_precision
 from mai.train.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")
@@ -200,10 +200,10 @@ def main():
     if args.quick:
         args.rounds, args.steps, args.loss_steps, args.loss_seeds = 1, 2, 20, 1
     torch._dynamo.config.recompile_limit = 64  # never let a compiled arm fall back to eager unnoticed
-    make_deterministic(CPU)  # as `mai train` runs
     tokens, val_tokens = shakespeare_tokens(args.data)
-    per_preset = {preset: throughput(preset, args.rounds, args.steps, tokens) for preset in args.presets}
-    agreement = loss_agreement(args.loss_steps, args.loss_seeds, tokens, val_tokens)
+    with deterministic(CPU):  # as `mai train` runs
+        per_preset = {preset: throughput(preset, args.rounds, args.steps, tokens) for preset in args.presets}
+        agreement = loss_agreement(args.loss_steps, args.loss_seeds, tokens, val_tokens)
 
     print(f"\n{'preset':<7}{'arm':<20}{'median tok/s':>13}{'best tok/s':>12}")
     for preset, r in per_preset.items():

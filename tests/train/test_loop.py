@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from conftest import MAI, copy_run, run_mai
 from mai.config import apply_overrides
 from mai.run import read_metrics
+from mai.train.loop import train
 
 
 def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
@@ -89,3 +90,14 @@ def test_compiled_training_matches_eager(prepared_run, tmp_path):
         run_mai("train", str(run.path), "--set", f"train.compile={compile_}", "--set", "train.steps=8")
         losses[compile_] = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-3)
+
+
+def test_training_restores_the_process_deterministic_mode(prepared_run, tmp_path):
+    """Training turns PyTorch's deterministic mode on (CPU) for its steps only: `mai run`'s
+    evaluation and sampling, and whatever else runs in the process afterwards, see it as before."""
+    run = copy_run(prepared_run, tmp_path / "run")
+    config = apply_overrides(run.read_config(), ["train.steps=2", "train.warmup_steps=1"])
+    torch.use_deterministic_algorithms(False)  # PyTorch's default
+    train(run, config=config, device="cpu")
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory

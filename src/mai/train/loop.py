@@ -51,7 +51,8 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def make_deterministic(device: torch.device) -> None:
+@contextlib.contextmanager
+def deterministic(device: torch.device):
     """Same config, same seed, same weights bit for bit, compiled or not, on CPUs.
 
     Compiled, inductor turns the embedding's backward into a scatter-add with atomic adds, whose
@@ -59,10 +60,23 @@ def make_deterministic(device: torch.device) -> None:
     drift apart by about 1e-7 a step. PyTorch's deterministic mode makes it use ATen's serial
     kernel instead, at no measurable cost here. Uninitialised memory is left unfilled, as without
     the mode. GPUs are left alone: there the mode costs speed (torchtitan makes it a debug option).
+    The mode is process-wide, so the previous settings come back on exit.
     """
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
+    if device.type != "cpu":
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
 def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
@@ -128,7 +142,6 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
     )
 
-    make_deterministic(device)
     torch.manual_seed(tc.seed)
     model = build_model(config.model, seed=tc.seed, device=device)
     optimizer = build_optimizer(model, tc)
@@ -168,7 +181,7 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console) as progress:
+    with deterministic(device), Progress(*columns, console=console) as progress:
         task = progress.add_task("train", total=tc.steps, completed=start_step, status="")
         window_start, window_tokens = time.perf_counter(), 0
         for step in range(start_step + 1, tc.steps + 1):
