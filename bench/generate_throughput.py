@@ -132,6 +132,9 @@ def main():
     print(f"fp32 greedy outputs identical to transformers' at batch 1: {identical_b1}")
     compiled_goals = [g for g in goals if g["arm"] == "ours_compiled"]
 
+    if args.quick:
+        print("a --quick run is a smoke test: nothing written to bench/results")
+        return
     path = write_result(
         "generate_throughput",
         {

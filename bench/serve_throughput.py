@@ -191,6 +191,9 @@ def main():
                 print(
                     f"{'MET ' if goals[-1]['met'] else 'MISS'} {goals[-1]['goal']}: {value:,.0f} (goal {target:,.0f})"
                 )
+    if args.quick:
+        print("a --quick run is a smoke test: nothing written to bench/results")
+        return
     path = write_result(
         "serve_throughput",
         {

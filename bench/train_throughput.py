@@ -246,6 +246,9 @@ def main():
         print(f"{'MET ' if g['met'] else 'MISS'} {g['goal']}: {g['ratio']:.3f} (goal {g['target']})")
 
     speedups = [r["ours_default_over_transformers_fp32"]["median"] for r in per_preset.values()]
+    if args.quick:
+        print("a --quick run is a smoke test: nothing written to bench/results")
+        return
     path = write_result(
         "train_throughput",
         {
