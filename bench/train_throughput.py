@@ -17,13 +17,14 @@ Goals (issue 3):
 import argparse
 import statistics
 import time
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
 
 from common import interleaved, model_pair, ratios, shakespeare_tokens, summary, write_result
 from mai.bpb import validation_windows
-from mai.config import load_config
+from mai.config import ModelConfig, load_config
 from mai.model.info import model_info
 from mai.model.transformer import build_model
 from mai.train.batches import WindowSampler
@@ -72,6 +73,33 @@ def timing_arm(model, precision: str, compiled: bool, tokens, batch: int, seq_le
     return arm
 
 
+def linear_layer_gflops(config: ModelConfig, tokens: int) -> float:
+    """fp32 GFLOP/s of one training step's linear-layer matmuls, each timed alone at its own shape (best of 3).
+
+    The forward x·Wᵀ, input gradient dy·W and weight gradient dyᵀ·x of every projection and of the
+    output head, in the layouts autograd uses; attention's own matmuls run inside the attention
+    kernel and are left out. Not a goal: it shows how much of the 1024² probe's rate the model's own
+    matmul shapes allow (small ones run below it), for the bulk of the FLOPs that goal 1 counts.
+    """
+    D, E, F = config.d_model, config.head_dim, config.hidden_dim
+    per_layer = [(D, (config.n_heads + 2 * config.kv_heads) * E), (config.n_heads * E, D), (D, 2 * F), (F, D)]
+    flops = seconds = 0.0
+    for (fan_in, fan_out), count in Counter(per_layer * config.n_layers + [(D, config.vocab_size)]).items():
+        x, w, dy = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in), torch.randn(tokens, fan_out)
+        for a, b in ((x, w.t()), (dy, w), (dy.t(), x)):
+            a @ b  # warm up
+            best = min(timed_matmul(a, b) for _ in range(3))
+            flops += count * 2 * a.shape[0] * a.shape[1] * b.shape[1]
+            seconds += count * best
+    return flops / seconds / 1e9
+
+
+def timed_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
+    start = time.perf_counter()
+    a @ b
+    return time.perf_counter() - start
+
+
 def throughput(preset: str, rounds: int, steps: int, tokens) -> dict:
     torch._dynamo.reset()  # each preset compiles afresh, as a training run would
     config, ours, peer, max_diff = model_pair(preset)
@@ -86,9 +114,10 @@ def throughput(preset: str, rounds: int, steps: int, tokens) -> dict:
         "ours_bf16": timing_arm(ours, "bf16", compiled, **shape),
         "transformers_bf16": timing_arm(peer, "bf16", False, **shape),
         "ours_fp32_eager": timing_arm(ours, "fp32", False, **shape),
+        "linear_layers_fp32_gflops": lambda r: linear_layer_gflops(config, batch * seq_len),
     }
     result = interleaved(arms, rounds, label=preset)
-    tokens_per_s = {name: result[name]["rounds"] for name in arms}
+    tokens_per_s = {name: result[name]["rounds"] for name in arms if name.startswith(("ours", "transformers"))}
     probes = [r["probe"] for r in result["rounds"]]
     flops = model_info(config, seq_len)["flops_per_token"]
     fp32_gflops = [t * flops / 1e9 for t in tokens_per_s["ours_fp32"]]
@@ -100,12 +129,17 @@ def throughput(preset: str, rounds: int, steps: int, tokens) -> dict:
         "max_logits_diff_vs_transformers": max_diff,
         "ours_compiled": compiled,
         "default_precision": default,
-        "tokens_per_s": {name: result[name] for name in arms},
+        "tokens_per_s": {name: result[name] for name in tokens_per_s},
         "ours_fp32_gflops": summary(fp32_gflops),
         "probe_fp32_gflops": summary([p["fp32_gflops"] for p in probes]),
         # goal 1: each round's fp32 model FLOP/s over the probe taken just before it
         "ours_fp32_over_probe": ratios(fp32_gflops, [p["fp32_gflops"] for p in probes]),
         "ours_fp32_over_probe_median_timing": ratios(fp32_gflops, [p["fp32_gflops_median"] for p in probes]),
+        # not a goal: how much of the probe's rate the model's own matmul shapes allow
+        "linear_layers_fp32_gflops": result["linear_layers_fp32_gflops"],
+        "linear_layers_over_probe": ratios(
+            result["linear_layers_fp32_gflops"]["rounds"], [p["fp32_gflops"] for p in probes]
+        ),
         # goal 2
         "ours_default_over_transformers_fp32": ratios(
             tokens_per_s[f"ours_{default}"], tokens_per_s["transformers_fp32"]
@@ -217,6 +251,12 @@ def main():
         print(
             f"{preset:<7}{g['median']:>18.1f}{p['median']:>19.1f}{f['median']:>10.3f}   ({g['best']:.1f}; {p['best']:.1f}; {f['best']:.3f})"
         )
+    for preset, r in per_preset.items():
+        g, f = r["linear_layers_fp32_gflops"]["median"], r["linear_layers_over_probe"]["median"]
+        print(
+            f"{preset}: its linear-layer matmuls, timed alone at their own shapes: {g:.1f} GFLOP/s, "
+            f"{f:.3f} of the probe (context for the FLOP/s goal, not a goal)"
+        )
     print(f"small is timed at batch {SHAPES['small'][0]}; the loss check trains tiny at batch {LOSS_BATCH}")
     per_seed = ", ".join(f"{d:.3f}" for d in agreement["val_relative_difference_per_seed"])
     print(f"loss check: |bf16 / fp32 val loss - 1| per seed {per_seed}")
@@ -257,6 +297,7 @@ def main():
                     "units": "tokens/s (training steps); GFLOP/s",
                     **{k: v for k, v in r["tokens_per_s"].items() if k.startswith("ours")},
                     "fp32_gflops": r["ours_fp32_gflops"],
+                    "linear_layers_fp32_gflops": r["linear_layers_fp32_gflops"],
                 }
                 for preset, r in per_preset.items()
             },
