@@ -81,8 +81,8 @@ def linear_layer_gflops(config: ModelConfig, tokens: int) -> float:
     kernel and are left out. Not a goal: it shows how much of the 1024² probe's rate the model's own
     matmul shapes allow (small ones run below it), for the bulk of the FLOPs that goal 1 counts.
     """
-    D, E, F = config.d_model, config.head_dim, config.hidden_dim
-    per_layer = [(D, (config.n_heads + 2 * config.kv_heads) * E), (config.n_heads * E, D), (D, 2 * F), (F, D)]
+    D, E, hidden = config.d_model, config.head_dim, config.hidden_dim
+    per_layer = [(D, (config.n_heads + 2 * config.kv_heads) * E), (config.n_heads * E, D), (D, 2 * hidden), (hidden, D)]
     flops = seconds = 0.0
     for (fan_in, fan_out), count in Counter(per_layer * config.n_layers + [(D, config.vocab_size)]).items():
         x, w, dy = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in), torch.randn(tokens, fan_out)
