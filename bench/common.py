@@ -62,11 +62,16 @@ def matmul_gflops(size: int, dtype: torch.dtype, seconds: float = 0.5) -> dict:
     a @ b  # warm up the kernel
     times, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
+        times.append(matmul_seconds(a, b))
     flops = 2 * size**3 / 1e9
     return {"best": flops / min(times), "median": flops / statistics.median(times)}
+
+
+def matmul_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Wall time of one a @ b."""
+    start = time.perf_counter()
+    a @ b
+    return time.perf_counter() - start
 
 
 def probe(size: int = PROBE_SIZE) -> dict:

@@ -22,7 +22,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from common import interleaved, model_pair, ratios, shakespeare_tokens, summary, write_result
+from common import interleaved, matmul_seconds, model_pair, ratios, shakespeare_tokens, summary, write_result
 from mai.bpb import validation_windows
 from mai.config import ModelConfig, load_config
 from mai.model.info import model_info
@@ -88,16 +88,10 @@ def linear_layer_gflops(config: ModelConfig, tokens: int) -> float:
         x, w, dy = torch.randn(tokens, fan_in), torch.randn(fan_out, fan_in), torch.randn(tokens, fan_out)
         for a, b in ((x, w.t()), (dy, w), (dy.t(), x)):
             a @ b  # warm up
-            best = min(timed_matmul(a, b) for _ in range(3))
+            best = min(matmul_seconds(a, b) for _ in range(3))
             flops += count * 2 * a.shape[0] * a.shape[1] * b.shape[1]
             seconds += count * best
     return flops / seconds / 1e9
-
-
-def timed_matmul(a: torch.Tensor, b: torch.Tensor) -> float:
-    start = time.perf_counter()
-    a @ b
-    return time.perf_counter() - start
 
 
 def throughput(preset: str, rounds: int, steps: int, tokens) -> dict:
