@@ -56,3 +56,14 @@ def test_derived_sizes():
     assert model.head_dim == 64 and model.kv_heads == 2
     assert model.hidden_dim == 768  # 8/3 · 256 rounded up to a multiple of 256
     assert apply_overrides(load_config("tiny"), ["model.ffn_dim=100"]).model.hidden_dim == 100
+
+
+def test_data_sources_are_checked_when_the_config_is_validated():
+    with pytest.raises(MaiError, match="unknown data source 'nope'; choose from shakespeare, bible, python-stdlib"):
+        load_config("tiny", ['data.sources=[{name = "nope", kind = "corpus"}]'])
+    with pytest.raises(MaiError, match="unknown data source 'nope'"):
+        load_config("tiny", ['data.sources=["nope"]'])
+    own = load_config("tiny", ['data.sources=[{name = "nope", kind = "text", path = "/data/nope"}]'])
+    assert own.data.sources[0].name == "nope"  # a path is checked by `mai data prepare`, not here
+    with pytest.raises(MaiError, match="source name 'bible' is used twice"):
+        load_config("tiny", ['data.sources=["bible", {name = "bible", kind = "text", path = "/data/bible"}]'])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mai.data.corpus import SOURCES as CORPORA
 from mai.errors import MaiError
 
 
@@ -77,7 +78,7 @@ class SourceConfig(Section):
     name: str = Field(description="Label of this source in the manifest, stats and rejected files.")
     kind: SourceKind = Field(
         "corpus",
-        description="corpus: a built-in offline corpus named `name` (shakespeare, bible, python-stdlib); "
+        description=f"corpus: a built-in offline corpus named `name` ({', '.join(CORPORA)}); "
         "text/html: a directory of files; warc: WARC/WET files (gzip ok); jsonl/parquet: records with a text field.",
     )
     path: str | None = Field(None, description="File or directory to read (not for corpus).")
@@ -92,7 +93,12 @@ class SourceConfig(Section):
     max_mb: float | None = Field(None, gt=0, description="Cap on the raw text taken from a corpus, in MB.")
 
     @model_validator(mode="after")
-    def _check_path(self) -> "SourceConfig":
+    def _check_source(self) -> "SourceConfig":
+        if self.kind == "corpus" and self.name not in CORPORA:
+            raise ValueError(
+                f"unknown data source {self.name!r}; choose from {', '.join(CORPORA)}, "
+                "or give your own data a kind and a path"
+            )
         if self.kind != "corpus" and not self.path:
             raise ValueError(f"source {self.name!r} of kind {self.kind} needs a path")
         return self
@@ -130,6 +136,17 @@ class DataConfig(Section):
         if isinstance(data, dict) and isinstance(data.get("sources"), list):
             data = dict(data, sources=[{"name": s} if isinstance(s, str) else s for s in data["sources"]])
         return data
+
+    @model_validator(mode="after")
+    def _check_source_names(self) -> "DataConfig":
+        names = [s.name for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"source name {', '.join(map(repr, repeated))} is used twice; each source needs its own name, "
+                "which labels its stats, rejects and mixture weight"
+            )
+        return self
 
 
 class TokenizerConfig(Section):

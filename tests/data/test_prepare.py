@@ -14,7 +14,7 @@ def test_manifest_describes_checksummed_shards(prepared_run):
     assert 2.5 < manifest["bytes_per_token"]["val"] < 6
     assert manifest["sources"]["shakespeare"]["documents"] >= 5
     assert manifest["val_documents"] and all(d.startswith("shakespeare/") for d in manifest["val_documents"])
-    assert [row["step"].split()[-1] for row in manifest["steps"]][:3] == ["corpus", "html", "language"]
+    assert [row["step"] for row in manifest["steps"]][:3] == ["📚 corpus: shakespeare", "✂️ extract html", "🌍 language"]
 
 
 def test_shards_start_each_document_with_bos(prepared_run):

@@ -2,7 +2,8 @@
 
 Distinct documents are King James Bible chapters (JSONL); injected are exact copies, near-duplicates
 with 1–10% of words edited, non-English text (spaCy's example sentences), boilerplate-heavy HTML
-pages, binary, invalid-UTF-8 and empty files, and a truncated gzip file.
+pages, binary, invalid-UTF-8 and empty files, a truncated gzip file, and a source whose every
+document is one verse repeated (which the repetition filter drops).
 """
 
 import gzip
@@ -88,9 +89,15 @@ def web_run(tmp_path_factory):
     (pages / "invalid.html").write_bytes(b"<html><body>caf\xe9 \xff\xfe broken</body></html>" * 20)
     (pages / "empty.html").write_bytes(b"")
 
+    notes = root / "notes"
+    notes.mkdir()
+    for name, text in pool[N_DISTINCT + 20 : N_DISTINCT + 23]:
+        (notes / f"{name}.txt").write_text((text.split("\n")[0] + "\n") * 40)
+
     sources = (
         f'[{{name = "web", kind = "jsonl", path = "{root / "jsonl"}"}}, '
-        f'{{name = "pages", kind = "html", path = "{pages}"}}]'
+        f'{{name = "pages", kind = "html", path = "{pages}"}}, '
+        f'{{name = "notes", kind = "text", path = "{notes}"}}]'
     )
     run = RunDir(root / "run")
     run_mai(
@@ -170,3 +177,26 @@ def test_stats_table_reports_every_step(web_run):
     for step in ("language", "Gopher Quality", "exact-deduplication", "MinHash", "decontaminate"):
         assert step in table
     assert "wrong_language 3" in table
+
+
+def test_dedup_rejects_carry_their_reason(web_run):
+    run = web_run["run"]
+    for step, reason in (("exact_dedup", "exact_duplicate"), ("minhash_dedup", "near_duplicate")):
+        records = rejected(run, step)
+        assert records and {r["metadata"]["filter_reason"] for r in records} == {reason}
+        assert [row["reasons"] for row in run.read_manifest()["steps"] if reason in row["reasons"]] == [
+            {reason: len(records)}
+        ]
+    for path in (run.data_dir / "work" / "clean").glob("*.jsonl.gz"):
+        with gzip.open(path, "rt") as f:
+            assert not any("filter_reason" in json.loads(line)["metadata"] for line in f)
+
+
+def test_report_names_each_source_and_keeps_an_emptied_one(web_run):
+    run = web_run["run"]
+    readers = run.read_manifest()["steps"][:3]
+    assert [row["step"] for row in readers] == ["🐿 Jsonl: web", "📄 files: pages", "📄 files: notes"]
+    run_mai("report", str(run.path))
+    report = run.report_path.read_text()
+    assert "| notes | 0 | 0.00 | 1.0 | 0 | 0 |" in report
+    assert "| 📄 files: notes | 3 | 3 | 0 |" in report

@@ -9,13 +9,8 @@ document goes to data/rejected/<step>/ with its reason; each stage's stats.json 
 import shutil
 from pathlib import Path
 
-from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-from datatrove.pipeline.dedup.exact_dedup import (
-    ExactDedupConfig,
-    ExactDedupFilter,
-    ExactDedupSignature,
-    ExactFindDedups,
-)
+from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.pipeline.filters import (
     C4QualityFilter,
@@ -28,7 +23,16 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from mai.config import DataConfig
-from mai.data.filters import CodeFilter, Decontaminate, ExtractHtml, ForRules, LanguageFilter, write_eval_ngrams
+from mai.data.filters import (
+    CodeFilter,
+    Decontaminate,
+    ExactDedup,
+    ExtractHtml,
+    ForRules,
+    LanguageFilter,
+    MinhashDedup,
+    write_eval_ngrams,
+)
 from mai.data.readers import build_reader
 from mai.errors import MaiError
 
@@ -130,7 +134,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
             "exact_filter",
             [
                 stages.reader(current),
-                ExactDedupFilter(stages.folder("exact/dups"), exact, exclusion_writer=stages.rejects("exact_dedup")),
+                ExactDedup(stages.folder("exact/dups"), exact, exclusion_writer=stages.rejects("exact_dedup")),
                 stages.writer("exact_deduped"),
             ],
         ).run()
@@ -145,7 +149,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
             "minhash_buckets", [MinhashDedupBuckets(signatures, buckets, config=MINHASH)], tasks=MINHASH.num_buckets
         ).run()
         stages.executor("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=MINHASH)], tasks=1).run()
-        clean_steps.append(MinhashDedupFilter(remove, exclusion_writer=stages.rejects("minhash_dedup")))
+        clean_steps.append(MinhashDedup(remove, exclusion_writer=stages.rejects("minhash_dedup")))
     if config.decontaminate:
         ngrams = stages.work / "eval_ngrams.npz"
         if not ngrams.is_file():

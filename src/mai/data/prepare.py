@@ -12,7 +12,8 @@ import time
 
 from mai.config import RunConfig
 from mai.data.pipeline import Stages, reset_if_config_changed, run_stages
-from mai.data.shards import ShardWriter, read_summaries, val_threshold
+from mai.data.readers import check_source_files
+from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
 from mai.run import RunDir, atomic_write_json, atomic_write_text, load_tokenizer, save_tokenizer, sha256_file
@@ -22,6 +23,7 @@ from mai.tokenizer import train_tokenizer
 def prepare_data(run: RunDir, config: RunConfig) -> dict:
     """Run the whole data stage; return the manifest."""
     started = time.time()
+    check_source_files(config.data.sources)
     stages = Stages(run.data_dir, config.data)
     fingerprint = json.dumps(
         {
@@ -120,10 +122,11 @@ def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: floa
     text_bytes = {split: sum(summary["bytes"][split] for summary in summaries) for split in ("train", "val")}
     if not tokens["train"] or not tokens["val"]:
         raise MaiError(f"the pipeline left {tokens['train']} train and {tokens['val']} val tokens; add data")
-    sources: dict[str, dict] = {}
+    # Every configured source, so one whose documents were all dropped shows 0 instead of vanishing.
+    sources = {source.name: dict.fromkeys(SOURCE_STATS, 0) for source in config.data.sources}
     for summary in summaries:
         for name, stats in summary["sources"].items():
-            merged = sources.setdefault(name, dict.fromkeys(stats, 0))
+            merged = sources.setdefault(name, dict.fromkeys(SOURCE_STATS, 0))
             for key, value in stats.items():
                 merged[key] += value
     tokenizer = load_tokenizer(run, config.model.vocab_size)

@@ -1,21 +1,32 @@
 """datatrove readers for every source kind; a file that cannot be read is skipped with a reason.
 
-Each document gets metadata `source` (the source's name), `rules` (web, code or none) and, for
-HTML, `html: true` so the extraction step knows to run. A binary, invalid-UTF-8, empty or
-truncated file never stops a task: it is written to the `read` rejects with its reason.
+Each reader is named after its source (in stats, `mai data stats` and the report). Each document gets
+metadata `source` (the source's name), `rules` (web, code or none) and, for HTML, `html: true` so the
+extraction step knows to run. A binary, invalid-UTF-8, empty or truncated file never stops a task:
+it is written to the `read` rejects with its reason.
 """
 
 import random
 from collections.abc import Iterator
 
 from datatrove.data import Document
+from datatrove.io import get_datafolder
 from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from datatrove.pipeline.readers.base import BaseDiskReader, BaseReader
 
 from mai.config import SourceConfig
 from mai.data.corpus import read_source
+from mai.errors import MaiError
 
 BINARY_PROBE = 8192
+
+
+class NamedBySource:
+    """Mixin for readers: the step's name ends with its source's, e.g. "📚 corpus: bible"."""
+
+    def __init__(self, *args, source_name: str, **kwargs):
+        self.name = f"{self.name}: {source_name}"  # before PipelineStep.__init__, which names the stats
+        super().__init__(*args, **kwargs)
 
 
 class SkipBadFiles:
@@ -44,7 +55,7 @@ class SkipBadFiles:
             yield from super().run(data, rank, world_size)
 
 
-class FileReader(SkipBadFiles, BaseDiskReader):
+class FileReader(NamedBySource, SkipBadFiles, BaseDiskReader):
     """One document per file (source code, text, or an HTML page)."""
 
     name = "📄 files"
@@ -65,25 +76,25 @@ class FileReader(SkipBadFiles, BaseDiskReader):
             yield document
 
 
-class SafeJsonlReader(SkipBadFiles, JsonlReader):
+class SafeJsonlReader(NamedBySource, SkipBadFiles, JsonlReader):
     pass
 
 
-class SafeParquetReader(SkipBadFiles, ParquetReader):
+class SafeParquetReader(NamedBySource, SkipBadFiles, ParquetReader):
     pass
 
 
-class SafeWarcReader(SkipBadFiles, WarcReader):
+class SafeWarcReader(NamedBySource, SkipBadFiles, WarcReader):
     pass
 
 
-class CorpusReader(BaseReader):
+class CorpusReader(NamedBySource, BaseReader):
     """A built-in offline corpus, capped and shuffled the same way in every task, then split by rank."""
 
     name = "📚 corpus"
 
     def __init__(self, source: SourceConfig, seed: int, metadata: dict):
-        super().__init__(default_metadata=metadata)
+        super().__init__(default_metadata=metadata, source_name=source.name)
         self.source, self.seed = source, seed
 
     def documents(self) -> list[tuple[str, str]]:
@@ -108,6 +119,24 @@ class CorpusReader(BaseReader):
             yield document
 
 
+def check_source_files(sources: list[SourceConfig]) -> None:
+    """Raise if a source's path is missing or holds no file its reader would take.
+
+    Called before any pipeline work: datatrove would otherwise fail in every task, each with a traceback.
+    """
+    for source in sources:
+        if source.kind == "corpus":
+            continue
+        folder = get_datafolder(source.path)
+        if not folder.exists(""):
+            raise MaiError(f"data source {source.name!r}: {source.path} does not exist", parameter="data.sources")
+        if not folder.list_files(recursive=True, glob_pattern=source.glob):
+            matching = f" matching glob {source.glob!r}" if source.glob else ""
+            raise MaiError(
+                f"data source {source.name!r}: {source.path} holds no files{matching}", parameter="data.sources"
+            )
+
+
 def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
     """The datatrove reader of one configured source."""
     metadata = {"source": source.name, "rules": source.rules}
@@ -115,7 +144,12 @@ def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
         return CorpusReader(source, seed, metadata)
     if source.kind == "html":
         metadata["html"] = True
-    common = {"glob_pattern": source.glob, "default_metadata": metadata, "doc_progress": True}
+    common = {
+        "glob_pattern": source.glob,
+        "default_metadata": metadata,
+        "doc_progress": True,
+        "source_name": source.name,
+    }
     readers = {
         "text": lambda: FileReader(source.path, recursive=True, **common),
         "html": lambda: FileReader(source.path, recursive=True, **common),

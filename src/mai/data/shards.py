@@ -14,6 +14,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 ENCODE_BATCH = 256
+SOURCE_STATS = ("documents", "bytes", "train_tokens", "val_tokens")  # per source, in summaries and the manifest
 
 
 def id_hash(doc_id: str, seed: int, salt: str = "split") -> int:
@@ -87,7 +88,7 @@ class ShardWriter(PipelineStep):
     def _write(self, docs, tokenizer, writers, sources, val_documents):
         for doc, ids in zip(docs, tokenizer.encode_batch([d.text for d in docs]), strict=True):
             source = doc.metadata.get("source", "unknown")
-            stats = sources.setdefault(source, {"documents": 0, "bytes": 0, "train_tokens": 0, "val_tokens": 0})
+            stats = sources.setdefault(source, dict.fromkeys(SOURCE_STATS, 0))
             stats["documents"] += 1
             stats["bytes"] += len(doc.text.encode())
             if id_hash(doc.id, self.seed) <= self.threshold:

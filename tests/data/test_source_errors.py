@@ -1,0 +1,49 @@
+"""A data source that cannot be read is refused in one line (exit 2), before any pipeline work."""
+
+import re
+
+import pytest
+
+from conftest import run_mai
+from mai.config import load_config
+from mai.data.prepare import prepare_data
+from mai.errors import MaiError
+from mai.pipeline import init_run
+from mai.run import RunDir
+
+
+def html_source(path) -> str:
+    return f'data.sources=[{{name = "docs", kind = "html", path = "{path}"}}]'
+
+
+def test_missing_path_is_one_line_before_the_pipeline_starts(tmp_path):
+    run = tmp_path / "run"
+    run_mai("init", str(run), "--preset", "tiny", "--set", html_source(tmp_path / "site-dump"))
+    result = run_mai("data", "prepare", str(run), check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"error: data source 'docs': {tmp_path / 'site-dump'} does not exist\n"
+    assert not (run / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("glob", "problem"), [(None, "holds no files"), ("**/*.py", "holds no files matching glob '**/*.py'")]
+)
+def test_path_without_files_to_read(tmp_path, glob, problem):
+    (tmp_path / "site").mkdir()
+    if glob:
+        (tmp_path / "site" / "index.html").write_text("<html><body><p>Hello.</p></body></html>")
+    source = f'{{name = "docs", kind = "html", path = "{tmp_path / "site"}"' + (f', glob = "{glob}"}}' if glob else "}")
+    config = load_config("tiny", [f"data.sources=[{source}]"])
+    run = RunDir(tmp_path / "run")
+    init_run(run, config)
+    with pytest.raises(MaiError, match=re.escape(f"data source 'docs': {tmp_path / 'site'} {problem}") + "$"):
+        prepare_data(run, config)
+    assert not run.data_dir.exists()
+
+
+def test_unknown_corpus_is_refused_at_init(tmp_path):
+    run = tmp_path / "run"
+    result = run_mai("init", str(run), "--set", 'data.sources=[{name = "nope", kind = "corpus"}]', check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "unknown data source 'nope'; choose from shakespeare, bible, python-stdlib" in result.stderr
+    assert not run.exists()
