@@ -1,11 +1,13 @@
 """Hugging Face interop on real weights: the demo model exported, and SmolLM2 imported."""
 
+import stat
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_mai, smollm2_dir
-from mai.run import RunDir, load_model
+from conftest import copy_run, run_mai, smollm2_dir
+from mai.run import RunDir, default_mode, load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -54,6 +56,20 @@ def test_export_import_export_is_identical(exported, tmp_path):
 def test_import_refuses_to_overwrite_a_run(exported, trained_run):
     result = run_mai("import", "hf", str(exported), str(trained_run.path), check=False)
     assert result.returncode == 2 and "already holds a run" in result.stderr
+
+
+def test_export_refuses_to_overwrite_a_run(trained_run, tmp_path):
+    other = copy_run(trained_run, tmp_path / "other")
+    before = {p: p.read_bytes() for p in other.path.rglob("*") if p.is_file()}
+    result = run_mai("export", "hf", str(trained_run.path), str(other.path), check=False)
+    assert result.returncode == 2 and "holds a mai run" in result.stderr
+    assert {p: p.read_bytes() for p in other.path.rglob("*") if p.is_file()} == before
+
+
+def test_exported_files_get_the_umask_mode(exported):
+    """tempfile and safetensors create 0600 files; an export is meant to be read by other users (a server)."""
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in exported.iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, default_mode())
 
 
 def test_smollm2_imported_from_gguf_matches_transformers(tmp_path):

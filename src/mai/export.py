@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mai.config import ModelConfig, RunConfig, validate_config
 from mai.errors import MaiError
@@ -23,6 +23,7 @@ from mai.run import (
     load_model,
     read_json,
     save_model_weights,
+    save_safetensors,
     save_tokenizer,
     sha256_file,
 )
@@ -30,11 +31,13 @@ from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
 
 
 def export_hf(run: RunDir, out: Path, dtype: str = "float32") -> Path:
+    if RunDir(out).config_path.exists():  # its tokenizer.json would be overwritten by ours
+        raise MaiError(f"{out} holds a mai run (config.toml); export into a new directory")
     model, config, tokenizer = load_model(run)
     out.mkdir(parents=True, exist_ok=True)
     torch_dtype = getattr(torch, dtype)
     state = {k: v.to(torch_dtype) for k, v in hf.to_hf(model.state_dict(), config.model).items()}
-    save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+    save_safetensors(out / "model.safetensors", state, metadata={"format": "pt"})
     atomic_write_json(out / "config.json", hf.hf_config(config.model, tokenizer.bos_id, tokenizer.eos_id, dtype))
     generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
     atomic_write_json(out / "generation_config.json", generation)

@@ -21,11 +21,23 @@ from mai.config import ModelConfig, RunConfig, config_to_toml, validate_config
 from mai.errors import MaiError
 
 
+def default_mode(directory: bool = False) -> int:
+    """The mode open() or mkdir() gives a new file or directory under the process's umask.
+
+    tempfile makes its files 0600 and directories 0700; what we rename into place gets this mode
+    instead, so that a run or an export can be read by whoever could read an ordinary file there.
+    """
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -157,13 +169,26 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
     atomic_write_json(directory / "tokenizer_config.json", tokenizer.hf_config())
 
 
-def save_model_weights(directory: Path, model, config: ModelConfig, tokenizer_sha256: str | None) -> dict:
-    """Write model.safetensors into `directory`; return the metadata that load_model_weights checks."""
+def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, renamed into place when complete and given the default mode
+    (safetensors makes its files 0600)."""
     from safetensors.torch import save_file
 
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(state, tmp, metadata=metadata)
+        tmp.chmod(default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_model_weights(directory: Path, model, config: ModelConfig, tokenizer_sha256: str | None) -> dict:
+    """Write model.safetensors into `directory`; return the metadata that load_model_weights checks."""
     path = directory / "model.safetensors"
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, path)
+    save_safetensors(path, state)
     return {"model": config.model_dump(), "model_sha256": sha256_file(path), "tokenizer_sha256": tokenizer_sha256}
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from conftest import MAI, copy_run, run_mai
 from mai.config import apply_overrides
-from mai.run import read_metrics
+from mai.run import default_mode, read_metrics
 from mai.train.loop import train
 
 
@@ -71,8 +72,20 @@ def test_train_refuses_to_overwrite_without_resume(trained_run, tmp_path):
 def test_resume_at_final_step_is_a_no_op(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
     before = run.metrics_path.read_text()
-    run_mai("train", str(run.path), "--resume")
+    result = run_mai("train", str(run.path), "--resume")
     assert run.metrics_path.read_text() == before
+    said = " ".join(result.stderr.split())  # rich wraps lines at 80 columns when stderr is not a terminal
+    assert "already trained to step 30 of 30" in said and "--set train.steps=N" in said
+    assert json.loads(result.stdout) == read_metrics(run)[-1]  # the final record, as a finished training prints
+
+
+def test_checkpoints_get_the_umask_mode(trained_run):
+    """tempfile and safetensors make private files (0600, directories 0700); a run is shared like any file."""
+    checkpoint = trained_run.checkpoint_dir(30)
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == default_mode(directory=True)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in checkpoint.iterdir()}
+    assert len(modes) == 3 and modes == dict.fromkeys(modes, default_mode())
+    assert stat.S_IMODE(trained_run.config_path.stat().st_mode) == default_mode()
 
 
 @pytest.mark.parametrize("precision", ["bf16"])

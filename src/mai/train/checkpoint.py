@@ -19,6 +19,7 @@ from mai.run import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
+    default_mode,
     load_model_weights,
     save_model_weights,
     sha256_file,
@@ -46,6 +47,7 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, data_st
     final = run.checkpoint_dir(step)
     tmp = Path(tempfile.mkdtemp(dir=run.checkpoints_dir, prefix=f".{final.name}."))
     try:
+        tmp.chmod(default_mode(directory=True))
         meta = save_model_weights(tmp, model, config.model, sha256_file(run.tokenizer_path))
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()}
         torch.save(train_state, tmp / "train_state.pt")

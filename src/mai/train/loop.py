@@ -20,7 +20,7 @@ from mai.config import RunConfig
 from mai.errors import MaiError
 from mai.model.info import model_info
 from mai.model.transformer import build_model
-from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, truncate_metrics
+from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, read_metrics, truncate_metrics
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
 from mai.train.optim import build_optimizer, build_scheduler
@@ -154,6 +154,8 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         sampler.load_state_dict(meta["data"])
         start_step = meta["step"]
         console.print(f"resuming {run.path} from step {start_step}")
+    elif resume:
+        console.print(f"{run.path} has no checkpoint yet: training from step 0")
     if config != run.read_config():
         run.write_config(config)
     truncate_metrics(run, start_step if checkpoint is not None else -1)
@@ -168,7 +170,11 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         record = {"step": 0, **evaluate(model, val_tokens, token_bytes, config, device, precision)}
         append_metrics(run, record)
     if start_step >= tc.steps:
-        return record
+        console.print(
+            f"{run.path} is already trained to step {start_step} of {tc.steps}; "
+            "to train further, raise train.steps (--set train.steps=N)"
+        )
+        return read_metrics(run)[-1]
 
     console.print(
         f"training {info['params'] / 1e6:.2f}M parameters on {device.type} in {precision}, "
