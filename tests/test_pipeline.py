@@ -40,5 +40,10 @@ def test_run_writes_the_contract_and_a_rerun_skips_finished_stages(tmp_path):
     assert run.latest_checkpoint().stat().st_mtime == checkpoint_mtime
     assert (path / "eval.json").stat().st_mtime == eval_mtime  # the final checkpoint is evaluated once
 
+    run_mai("eval", str(path), "-t", "arc_easy", "--limit", "2")  # the user's own evaluation is kept
+    rerun = run_mai(*args, "--set", "sample.max_new_tokens=20")
+    assert "keeping eval.json of another `mai eval` (tasks arc_easy; limit 2)" in " ".join(rerun.stderr.split())
+    assert list(json.loads((path / "eval.json").read_text())["tasks"]) == ["arc_easy"]
+
     changed = run_mai(*args, "--set", "sample.max_new_tokens=21", check=False)
     assert changed.returncode == 2 and "different config" in changed.stderr

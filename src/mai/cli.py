@@ -317,7 +317,9 @@ def eval_run(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (faster on CPUs with native bf16).")] = "fp32",
-    out: Annotated[Path | None, typer.Option(help="Where to write eval.json (default: inside PATH).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write eval.json (default: inside PATH if it is a run directory).")
+    ] = None,
 ):
     """Bits per byte on the validation shards, each task, and the CORE-style aggregate; writes eval.json."""
     from mai.eval.runner import evaluate, format_table
@@ -331,7 +333,7 @@ def eval_compare(
     paths: Annotated[list[Path], typer.Argument(help="Run directories (or eval.json files) to compare.")],
     chart: Annotated[Path, typer.Option(help="Bar chart to write (PNG).")] = Path("eval_compare.png"),
 ):
-    """Print the runs' eval results side by side and draw a bar chart per task."""
+    """Print the runs' eval results side by side and draw them as one grouped bar chart."""
     from mai.eval.compare import compare
 
     _out(compare(paths, chart) + f"chart: {chart}\n")

@@ -9,6 +9,7 @@ from mai.eval.runner import evaluate
 from mai.report import write_report
 from mai.run import RunDir, read_json
 from mai.sample import write_samples
+from mai.taskdata import resolve_tasks
 from mai.train.loop import train
 
 console = Console(stderr=True)
@@ -49,6 +50,12 @@ def run_all(run: RunDir, config: RunConfig) -> None:
     evaluation = read_json(run.path / "eval.json") if (run.path / "eval.json").is_file() else None
     if evaluation is None or evaluation["checkpoint"] != run.latest_checkpoint().name:
         evaluation = evaluate(run.path, EVAL_TASKS, EVAL_LIMIT)
+    elif evaluation["settings"]["tasks"] != resolve_tasks(EVAL_TASKS) or evaluation["settings"]["limit"] != EVAL_LIMIT:
+        tasks, limit = evaluation["settings"]["tasks"], evaluation["settings"]["limit"]
+        console.print(
+            f"eval: keeping eval.json of another `mai eval` (tasks {', '.join(tasks)}; limit {limit}); "
+            "delete it to evaluate the default suite"
+        )
     console.print(f"eval: CORE {evaluation['core']:+.4f}, {evaluation['bpb']['val_bpb']:.4f} bits/byte")
     write_report(run)
     console.print(f"report: {run.report_path}")

@@ -98,6 +98,15 @@ def test_a_transformers_export_scores_like_its_run(trained_run, tmp_path):
     assert exported["checkpoint"] == "imported" and exported["bpb"] is None  # no validation shards there
 
 
+def test_eval_of_a_model_directory_writes_only_where_asked(trained_run, tmp_path):
+    """A transformers or GGUF directory may be someone else's (site-packages): eval.json goes to --out only."""
+    export_hf(trained_run, tmp_path / "hf")
+    before = sorted((tmp_path / "hf").iterdir())
+    result = run_mai("eval", str(tmp_path / "hf"), "-t", "arc_easy", "--limit", "2")
+    assert "arc_easy" in result.stdout and "pass --out FILE" in " ".join(result.stderr.split())
+    assert sorted((tmp_path / "hf").iterdir()) == before
+
+
 def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
     result = run_mai("eval", str(trained_run.path), "-t", "hellaswagg", check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'hellaswagg'")
@@ -124,5 +133,9 @@ def test_compare_prints_a_table_and_draws_a_chart(trained_run, untrained_run, tm
     assert header.split()[1:] == ["trained", "untrained"]
     assert [r.split()[0] for r in rows[:2]] == ["arc_easy", "boolq"] and "CORE" in result.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "warning" not in result.stdout
+    evaluate(untrained_run.path, ["arc_easy,boolq"], limit=2, out=paths[-1])
+    mismatched = run_mai("eval", "compare", *map(str, paths), "--chart", str(chart)).stdout
+    assert "warning: evaluated with different --limit (trained 3, untrained 2)" in mismatched
     lone = run_mai("eval", "compare", str(paths[0]), check=False)
     assert lone.returncode == 2 and "at least two" in lone.stderr

@@ -1,4 +1,4 @@
-"""`mai eval compare`: several runs' eval.json side by side, as a table and a bar chart per task."""
+"""`mai eval compare`: several runs' eval.json side by side, as a table and a grouped bar chart."""
 
 from pathlib import Path
 
@@ -40,8 +40,20 @@ def compare(paths: list[Path], chart: Path) -> str:
     lines.append("CORE".ljust(16) + "".join(_cell(r.get("core"), width, signed=True) for r in records.values()))
     bpbs = [(r.get("bpb") or {}).get("val_bpb") for r in records.values()]
     lines.append("val bits/byte".ljust(16) + "".join(_cell(b, width) for b in bpbs))
+    lines += settings_warnings(records)
     plot_comparison(records, tasks, chart)
     return "\n".join(lines) + "\n"
+
+
+def settings_warnings(records: dict[str, dict]) -> list[str]:
+    """A line for each setting that differs between the evaluations: their scores are not comparable."""
+    warnings = []
+    for setting in ("limit", "precision"):
+        values = {label: r.get("settings", {}).get(setting) for label, r in records.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{label} {value}" for label, value in values.items())
+            warnings.append(f"warning: evaluated with different --{setting} ({listed}); scores are not comparable")
+    return warnings
 
 
 def plot_comparison(records: dict[str, dict], tasks: list[str], path: Path) -> None:

@@ -51,7 +51,10 @@ def evaluate(
     limits: Limits | None = None,
     bpb: bool = True,
 ) -> dict:
-    """Evaluate the model at `path` on `tasks` (names, suites or JSONL paths); write and return eval.json."""
+    """Evaluate the model at `path` on `tasks` (names, suites or JSONL paths); return eval.json's record.
+
+    It is written to `out`, by default into `path` when that is a run directory.
+    """
     if precision not in PRECISIONS:
         raise MaiError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", parameter="precision")
     if limit is not None and limit < 1:
@@ -77,6 +80,9 @@ def evaluate(
         record["tasks"][task.name] = summary
         samples += [{"task": task.name, **d} for d in details]
     record["core"] = core_score(record["tasks"])
+    if out is None and run is None:  # never write into a model directory we only read from (site-packages, say)
+        console.print(f"{path} is not a run directory, so nothing was saved; pass --out FILE to save eval.json")
+        return record
     out = out or path / "eval.json"
     atomic_write_json(out, record)
     atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(_json_line(s) for s in samples))
