@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +28,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = path.resolve().name
         command = [MAI, "serve", str(path), "--port", str(self.port), *args]
-        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
+        self.stderr = tempfile.TemporaryFile()  # not a pipe: one that nobody reads fills up and stalls the server
+        self.process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=self.stderr)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"mai serve exited {self.process.returncode}: {self.process.stderr.read()}")
+                raise AssertionError(f"mai serve exited {self.process.returncode}: {self.log()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
@@ -39,9 +41,14 @@ class Server:
                 time.sleep(0.2)
         raise AssertionError("mai serve did not answer /health within 120 s")
 
+    def log(self) -> str:
+        """What the server has written to stderr so far."""
+        return os.pread(self.stderr.fileno(), 1 << 20, 0).decode()
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+        self.stderr.close()
 
 
 @pytest.fixture(scope="session")

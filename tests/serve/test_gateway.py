@@ -2,7 +2,9 @@
 
 import json
 import os
+import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -12,6 +14,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
+from conftest import run_mai
+from mai.errors import MaiError
+from mai.serve.gateway import load_gateway_config
 from serve.live_server import MAI, Server, free_port
 
 
@@ -51,15 +56,17 @@ def stand_ins():
 
 
 def start_gateway(tmp_path, config: str) -> tuple[subprocess.Popen, str]:
+    """`mai gateway` over `config` in tmp_path, its usage log in usage.jsonl and its stderr in gateway.log."""
     port = free_port()
-    path = tmp_path / "gateway.toml"
+    path, log = tmp_path / "gateway.toml", tmp_path / "gateway.log"
     path.write_text(f'port = {port}\nusage_log = "{tmp_path / "usage.jsonl"}"\n' + config)
     env = {**os.environ, "KEY_A": "key-a", "KEY_B": "key-b"}
-    process = subprocess.Popen([MAI, "gateway", str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([MAI, "gateway", str(path)], env=env, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         if process.poll() is not None:
-            raise AssertionError(f"mai gateway exited: {process.stderr.read()}")
+            raise AssertionError(f"mai gateway exited: {log.read_text()}")
         try:
             httpx.get(f"{url}/health", timeout=1)
             return process, url
@@ -130,6 +137,84 @@ def test_keys_and_token_quota(gateway):
     with pytest.raises(openai.RateLimitError) as e:
         client.completions.create(model="ab", prompt="x", max_tokens=1)
     assert "quota" in e.value.message and int(e.value.response.headers["Retry-After"]) > 0
+
+
+def test_errors_have_openai_shape(gateway):
+    url, _ = gateway
+    auth = {"Authorization": "Bearer key-a"}
+    cases = [
+        ("GET", "/v1/completions", None, 405, None, "POST"),
+        ("POST", "/v1/embeddings", {"model": "ab", "input": "x"}, 404, None, "/v1/embeddings"),
+        ("POST", "/v1/completions", {"prompt": "x"}, 400, "model", '"model"'),
+        ("POST", "/v1/chat/completions", [{"model": "ab"}], 400, "model", '"model"'),
+        ("POST", "/v1/completions", {"model": "nope", "prompt": "x"}, 404, "model", "not routed"),
+    ]
+    for method, path, body, status, param, phrase in cases:
+        response = httpx.request(method, f"{url}{path}", json=body, headers=auth, timeout=10)
+        answer = response.json()
+        assert response.status_code == status and list(answer) == ["error"], (path, body, answer)
+        error = answer["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["param"] == param, (path, body, error)
+        assert phrase in error["message"] and error["type"] == "invalid_request_error", (path, body, error)
+
+
+def test_usage_log_times_the_request_from_its_first_attempt(stand_ins, tmp_path):
+    lagging = StandIn("lagging", delay_s=0.6)
+    process, url = start_gateway(
+        tmp_path,
+        f"""
+[models.lag]
+timeout_s = 1.0
+backends = [{{url = "{stand_ins["slow"].url}", model = "m-slow"}}]
+fallbacks = [{{url = "{lagging.url}", model = "m-lagging"}}]
+""",
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        start = time.perf_counter()
+        assert client.completions.create(model="lag", prompt="x", max_tokens=1).choices[0].text == "lagging"
+        elapsed = time.perf_counter() - start
+        [record] = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+        assert 1.6 <= record["seconds"] <= elapsed  # the timed-out attempt (1 s), then the lagging backend's 0.6 s
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        lagging.server.should_exit = True
+
+
+def test_gateway_says_where_it_listens(gateway):
+    url, usage_log = gateway
+    assert f"mai gateway: {url} (models ab, stuck)" in (usage_log.parent / "gateway.log").read_text()
+
+
+def test_unset_backend_key_fails_at_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAI_TEST_VENDOR_KEY", raising=False)
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1", model = "m"}]\n'
+        'fallbacks = [{url = "https://vendor.example/v1", model = "v", api_key_env = "MAI_TEST_VENDOR_KEY"}]\n'
+    )
+    with pytest.raises(MaiError) as e:
+        load_gateway_config(path)
+    message = str(e.value)
+    assert "https://vendor.example/v1#v" in message and "MAI_TEST_VENDOR_KEY" in message and "\n" not in message
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "gateway.toml"
+        path.write_text(f'port = {port}\n[models.chat]\nbackends = [{{url = "http://127.0.0.1:1/v1", model = "m"}}]\n')
+        result = run_mai("gateway", str(path), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: port {port} "), result.stderr
+
+
+def test_gateway_imports_neither_torch_nor_the_server():
+    code = "import sys, mai.serve.gateway; print(sorted({'torch', 'mai.serve.server'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 
 def test_killed_primary_falls_back_to_another_server(server, trained_run, stand_ins, tmp_path):

@@ -1,12 +1,15 @@
 """The server through the official `openai` client, unmodified, and through plain HTTP for errors."""
 
 import math
+import socket
 
 import httpx
 import openai
 import pytest
 
+import mai.serve.server as mai_server
 from conftest import run_mai
+from mai.errors import MaiError
 
 
 def test_models_list(client, server):
@@ -116,6 +119,66 @@ def test_errors_have_openai_shape(client, server):
         client.completions.create(model="gpt-4", prompt="x")
     response = httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=10)
     assert response.status_code == 400 and set(response.json()["error"]) >= {"message", "type", "param", "code"}
+
+
+def test_seed_beyond_torchs_range_is_a_400_naming_seed(client, server):
+    for seed in (2**64, -(2**63) - 1):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=server.model, prompt="x", max_tokens=1, seed=seed)
+        assert e.value.body["param"] == "seed"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=server.model, messages=[{"role": "user", "content": "Hi"}], seed=2**64)
+    assert e.value.body["param"] == "seed"
+    # the edges of torch's range are seeds; choice j's seed + j wraps around past the top
+    client.completions.create(model=server.model, prompt="x", max_tokens=2, seed=-(2**63))
+    top = client.completions.create(model=server.model, prompt="x", max_tokens=2, seed=2**64 - 1, n=2)
+    assert len(top.choices) == 2
+
+
+def test_body_not_json_is_a_400_saying_so(server):
+    def error(content: bytes, content_type: str) -> str:
+        headers = {"Content-Type": content_type}
+        response = httpx.post(f"{server.url}/v1/completions", content=content, headers=headers, timeout=10)
+        assert response.status_code == 400 and response.json()["error"]["param"] is None, response.text
+        return response.json()["error"]["message"]
+
+    malformed = error(b'{"model": "m", "prompt": }', "application/json")
+    assert malformed.startswith("the body is not JSON (") and "OpenAI request object" in malformed
+    assert "Content-Type: application/json" in error(b'{"model": "m"}', "application/x-www-form-urlencoded")  # curl -d
+    assert "OpenAI request object" in error(b"[1, 2]", "application/json")
+
+
+def test_unknown_routes_and_methods_have_openai_shape(server):
+    for method, path, status, phrase in (
+        ("GET", "/v1/completions", 405, "POST"),
+        ("POST", "/v1/embeddings", 404, "/v1/embeddings"),
+    ):
+        response = httpx.request(method, f"{server.url}{path}", timeout=10)
+        body = response.json()
+        assert response.status_code == status and list(body) == ["error"], body
+        assert set(body["error"]) == {"message", "type", "param", "code"} and phrase in body["error"]["message"]
+
+
+def test_serve_says_where_it_listens(server):
+    log = server.log()
+    assert f"mai serve: {server.url} (model {server.model}, KV cache " in log and " GB, chat page at /)" in log
+
+
+def test_port_in_use_is_a_one_line_error_before_the_model_loads(trained_run, monkeypatch):
+    def load_pretrained(*args):
+        raise AssertionError("the model loaded before the port was checked")
+
+    monkeypatch.setattr(mai_server, "load_pretrained", load_pretrained)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MaiError, match=f"port {port} .*in use"):
+            mai_server.serve(trained_run.path, "127.0.0.1", port, None, 1, None, 1, "fp32")
+        result = run_mai("serve", str(trained_run.path), "--port", str(port), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "--port" in lines[0], result.stderr
+    assert lines[0].startswith(f"error: port {port} ")
 
 
 def test_health_and_metrics(client, server):

@@ -34,12 +34,13 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mai.errors import MaiError
+from mai.serve.web import add_route_errors, bind, error_response, run_app, url_of
 
 
 class Section(BaseModel):
@@ -81,13 +82,26 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if not path.is_file():
         raise MaiError(f"{path} does not exist; write a gateway config (see `mai gateway --help`)")
     try:
-        return GatewayConfig.model_validate(tomllib.loads(path.read_text()))
+        config = GatewayConfig.model_validate(tomllib.loads(path.read_text()))
     except tomllib.TOMLDecodeError as e:
         raise MaiError(f"{path}: invalid TOML: {e}") from None
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise MaiError(f"{path}: {where}: {first['msg']}") from None
+    check_backend_keys(config)
+    return config
+
+
+def check_backend_keys(config: GatewayConfig) -> None:
+    """Every backend's api_key_env is set now, rather than each of its requests failing later."""
+    for alias, route in config.models.items():
+        for backend in (*route.backends, *route.fallbacks):
+            if backend.api_key_env and not os.environ.get(backend.api_key_env):
+                raise MaiError(
+                    f"model {alias}: backend {backend.name}: environment variable {backend.api_key_env} "
+                    "is empty or unset; export its API key"
+                )
 
 
 class WeightedRoundRobin:
@@ -148,11 +162,6 @@ class GatewayMetrics:
         self.fallbacks = Counter("mai_gateway_fallbacks", "Requests passed to a later backend", ["model"], registry=r)
 
 
-def error(status: int, message: str, type: str, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": type, "param": None, "code": None}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def build_gateway(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
     quotas, metrics = Quotas(config.keys), GatewayMetrics()
@@ -160,6 +169,7 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
     client = httpx.AsyncClient()
     log_lock = threading.Lock()
     created = int(time.time())
+    add_route_errors(app)
 
     def log_usage(record: dict) -> None:
         with log_lock, open(config.usage_log, "a") as f:
@@ -181,7 +191,9 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
     @app.get("/v1/models")
     def models(request: Request):
         if quotas.client(request.headers.get("authorization", "")) is None:
-            return error(401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error")
+            return error_response(
+                401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error"
+            )
         cards = [
             {"id": alias, "object": "model", "created": created, "owned_by": "mai-gateway"} for alias in config.models
         ]
@@ -190,36 +202,41 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
     async def forward(request: Request, path: str):
         client_name = quotas.client(request.headers.get("authorization", ""))
         if client_name is None:
-            return error(401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error")
+            return error_response(
+                401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error"
+            )
         try:
             body = await request.json()
         except ValueError:
-            return error(400, "the body is not JSON; send an OpenAI request object", "invalid_request_error")
+            return error_response(400, "the body is not JSON; send an OpenAI request object")
         alias = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(alias, str):
+            message = f'the body needs a "model" field: send a JSON object with "model" one of {sorted(config.models)}'
+            return error_response(400, message, param="model")
         if alias not in config.models:
-            return error(
-                404, f"model {alias!r} is not routed here; known: {sorted(config.models)}", "invalid_request_error"
-            )
+            message = f"model {alias!r} is not routed here; known: {sorted(config.models)}"
+            return error_response(404, message, param="model")
         left, reset_s = quotas.remaining(client_name)
         if left is not None and left <= 0:
             message = f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s"
-            return error(429, message, "rate_limit_error", {"Retry-After": str(max(1, int(reset_s)))})
+            return error_response(429, message, "rate_limit_error", headers={"Retry-After": str(max(1, int(reset_s)))})
         route = config.models[alias]
-        attempts = []
+        start, attempts = time.perf_counter(), []  # the usage log's seconds: the client's wait, fallbacks included
         for i, backend in enumerate(order(alias)):
             if i:
                 metrics.fallbacks.labels(alias).inc()
             response = await attempt(backend, path, body, route.timeout_s)
             attempts.append(backend.name)
             if response is not None:
-                return await answer(response, backend, body, alias, client_name, attempts)
-        return error(502, f"every backend of {alias!r} failed ({', '.join(attempts)}); see /metrics", "server_error")
+                return await answer(response, backend, body, alias, client_name, attempts, start)
+        message = f"every backend of {alias!r} failed ({', '.join(attempts)}); see /metrics"
+        return error_response(502, message, "server_error")
 
     async def attempt(backend: Backend, path: str, body: dict, timeout_s: float) -> httpx.Response | None:
         """The backend's open response, or None when it failed in a way the next backend might not."""
         headers = {}
         if backend.api_key_env:
-            headers["Authorization"] = f"Bearer {os.environ.get(backend.api_key_env, '')}"
+            headers["Authorization"] = f"Bearer {os.environ[backend.api_key_env]}"  # checked at start
         sent = {**body, "model": backend.model}
         if body.get("stream"):  # ask for the usage chunk, so quotas count streamed tokens exactly
             sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -237,9 +254,7 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             return None
         return response
 
-    async def answer(response, backend, body, alias, client_name, attempts):
-        start = time.perf_counter()
-
+    async def answer(response, backend, body, alias, client_name, attempts, start):
         def record(usage: dict) -> None:
             prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
             metrics.tokens.labels(backend.name, "prompt").inc(prompt)
@@ -306,7 +321,8 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
 
 
 def run_gateway(path: Path) -> None:
-    import uvicorn
-
     config = load_gateway_config(path)
-    uvicorn.run(build_gateway(config), host=config.host, port=config.port, log_level="warning")
+    hint = f"set another port in {path}"
+    with bind(config.host, config.port, hint) as sock:
+        ready = f"mai gateway: {url_of(sock)} (models {', '.join(config.models)})"
+        run_app(build_gateway(config), sock, hint, ready)

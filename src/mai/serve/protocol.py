@@ -27,7 +27,9 @@ class SamplingFields(OpenAIModel):
     top_k: int = Field(0, ge=-1, description="Ours (as vLLM): keep the k most likely tokens; 0 or -1 disables.")
     n: int = Field(1, ge=1, le=16, description="Choices to generate per prompt.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the text (not included).")
-    seed: int | None = Field(None, description="Same seed, same request: same output.")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Same seed, same request: same output (torch's seed range)."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
 

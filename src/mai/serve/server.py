@@ -21,7 +21,7 @@ import jinja2
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -30,6 +30,7 @@ from mai.export import load_pretrained
 from mai.sample import check_precision, to_decoding_precision
 from mai.serve import protocol as p
 from mai.serve.engine import Engine, Output, QueueFull, SamplingParams, Sequence, TokenLogprob
+from mai.serve.web import add_route_errors, bind, error_response, run_app, url_of
 from mai.tokenizer import IM_END
 
 STATIC = Path(__file__).parent / "static"
@@ -178,30 +179,33 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
 
 def add_error_handlers(app: FastAPI) -> None:
     """The one place errors become OpenAI-shaped JSON."""
-
-    def error(status: int, message: str, param=None, type="invalid_request_error", headers=None) -> JSONResponse:
-        body = p.ErrorResponse(error=p.ErrorInfo(message=message, type=type, param=param, code=None))
-        return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    add_route_errors(app)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
-        return error(e.status, e.message, e.param, e.type)
+        return error_response(e.status, e.message, e.type, e.param)
 
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, e: QueueFull):
-        return error(
-            429, f"the server is busy ({e}); retry shortly", type="rate_limit_error", headers={"Retry-After": "1"}
+        return error_response(
+            429, f"the server is busy ({e}); retry shortly", "rate_limit_error", headers={"Retry-After": "1"}
         )
 
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):
-        return error(500, "internal error; the traceback is in the server log", type="server_error")
+        return error_response(500, "internal error; the traceback is in the server log", "server_error")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            reason = f"{first['ctx']['error']} at character {first['loc'][1]}"
+            return error_response(400, f"the body is not JSON ({reason}); send an OpenAI request object")
         param = ".".join(str(part) for part in first["loc"] if part != "body") or None
-        return error(400, f"invalid request: {param or 'body'}: {first['msg']}", param)
+        if param is None:  # the body as a whole: none, a JSON array, or bytes without a JSON content type
+            message = "the body is not an OpenAI request object; send one as JSON with 'Content-Type: application/json'"
+            return error_response(400, message)
+        return error_response(400, f"invalid request: {param}: {first['msg']}", param=param)
 
 
 def name_served_model(app: FastAPI, model_name: str) -> None:
@@ -269,7 +273,8 @@ def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) ->
         temperature=body.temperature if body.temperature >= 1e-5 else 0.0,  # tinier overflows logits / t: greedy
         top_p=body.top_p,
         top_k=max(body.top_k, 0),
-        seed=None if body.seed is None else body.seed + choice,
+        # torch seeds with -1 as with 2**64 - 1: the modulo keeps seed + choice in its range and changes no seed
+        seed=None if body.seed is None else (body.seed + choice) % 2**64,
         stop=tuple(body.stop or ()),
         stop_ids=stop_ids,
         logprobs=logprobs,
@@ -495,21 +500,26 @@ def serve(
     compile: bool = False,
 ) -> None:
     """Load the model, start the engine and run uvicorn until interrupted."""
-    import uvicorn
-
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise MaiError(f"environment variable {api_key_env} is empty or unset; export the API key in it")
     check_precision(precision)
-    map_large_allocations()
-    model, tokenizer, _ = load_pretrained(path, "cuda" if torch.cuda.is_available() else "cpu")
-    model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
-    context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
-    engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile).start()
-    settings = Settings(path.resolve().name, api_key)
-    try:
-        uvicorn.run(build_app(engine, settings), host=host, port=port, log_level="warning")
-    finally:
-        engine.stop()
+    hint = "pick another with --port"
+    with bind(host, port, hint) as sock:  # before loading, which can take a minute
+        map_large_allocations()
+        model, tokenizer, _ = load_pretrained(path, "cuda" if torch.cuda.is_available() else "cpu")
+        model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
+        context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
+        engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile).start()
+        settings = Settings(path.resolve().name, api_key)
+        try:
+            kv_cache = sum(t.nbytes for t in (*engine.cache.k, *engine.cache.v)) / 1e9
+            ready = (
+                f"mai serve: {url_of(sock)} (model {settings.model_name}, KV cache {max_batch} × {context} tokens "
+                f"= {kv_cache:.2f} GB, chat page at /)"
+            )
+            run_app(build_app(engine, settings), sock, hint, ready)
+        finally:
+            engine.stop()

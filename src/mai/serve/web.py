@@ -1,0 +1,79 @@
+"""What `mai serve` and `mai gateway` share, without torch: OpenAI-shaped errors and the listening socket."""
+
+import errno
+import socket
+import sys
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from mai.errors import MaiError
+from mai.serve import protocol as p
+
+
+def error_response(
+    status: int,
+    message: str,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    headers: dict | None = None,
+) -> JSONResponse:
+    body = p.ErrorResponse(error=p.ErrorInfo(message=message, type=type, param=param, code=None))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def add_route_errors(app: FastAPI) -> None:
+    """Unknown paths (404) and methods (405) answer in OpenAI's error shape, not FastAPI's {"detail": ...}."""
+
+    @app.exception_handler(HTTPException)
+    async def route_error(request: Request, e: HTTPException):
+        where = f"{request.method} {request.url.path}"
+        if e.status_code == 404:
+            message = f"no route {where}; the routes are listed at /openapi.json"
+        elif e.status_code == 405:
+            message = f"{where} is not allowed; this path takes {(e.headers or {}).get('Allow', 'other methods')}"
+        else:
+            message = str(e.detail)
+        type = "server_error" if e.status_code >= 500 else "invalid_request_error"
+        return error_response(e.status_code, message, type, headers=e.headers)
+
+
+def bind(host: str, port: int, hint: str) -> socket.socket:
+    """A socket bound to host:port before a slow start, so that a port in use is a one-line error at once.
+
+    It listens only when `run_app` serves: until then connections are refused at once (a gateway in
+    front falls back) rather than left waiting in the backlog.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port left in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise unusable(e, host, port, hint) from None
+    return sock
+
+
+def unusable(e: OSError, host: str, port: int, hint: str) -> MaiError:
+    if e.errno == errno.EADDRINUSE:
+        return MaiError(f"port {port} on {host} is in use (another server?); {hint}")
+    return MaiError(f"cannot listen on {host}:{port}: {e.strerror}")
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def run_app(app: FastAPI, sock: socket.socket, hint: str, ready: str) -> None:
+    """Serve `app` on the bound `sock` until interrupted, first printing `ready` to stderr."""
+    import uvicorn
+
+    try:
+        sock.listen(2048)
+    except OSError as e:  # SO_REUSEADDR let another server bind the port too, and it listened first
+        host, port = sock.getsockname()[:2]
+        raise unusable(e, host, port, hint) from None
+    print(ready, file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
