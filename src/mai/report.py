@@ -19,14 +19,15 @@ PLOTS = {  # file → (title, y label, metric keys)
 def write_report(run: RunDir) -> str:
     config = run.read_config()
     metrics = read_metrics(run)
-    for name, (title, ylabel, keys) in PLOTS.items():
-        plot_metrics(metrics, keys, title, ylabel, run.path / name)
     sections = [f"# Run report: {run.path.name}", _summary(metrics)]
     if run.manifest_path.is_file():
         manifest = read_json(run.manifest_path)
         plot_data_steps(manifest["steps"], run.path / "data_steps.png")
         sections.append(_data_section(manifest))
-    sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
+    if any("loss" in m for m in metrics):  # no empty plots before the first training step
+        for name, (title, ylabel, keys) in PLOTS.items():
+            plot_metrics(metrics, keys, title, ylabel, run.path / name)
+        sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
     if run.samples_path.is_file():
         sections.append(_samples_section(read_json(run.samples_path)))
     if (run.path / "eval.json").is_file():
@@ -90,6 +91,10 @@ def _summary(metrics: list[dict]) -> str:
     if not evals:
         return "## Summary\n\nNo training metrics yet."
     first, last = evals[0], evals[-1]
+    if len(evals) == 1:
+        return (
+            f"## Summary\n\nNot trained yet: validation bits per byte {first['val_bpb']:.4f} at step {first['step']}."
+        )
     change = 100 * (last["val_bpb"] - first["val_bpb"]) / first["val_bpb"]
     train = [m for m in metrics if "loss" in m]
     rows = [
@@ -127,6 +132,7 @@ def _data_section(manifest: dict) -> str:
         + summary
         + "\n\n### Pipeline steps\n\n"
         + format_table(manifest["steps"])
+        + "\n\n![Documents kept after each data pipeline step](data_steps.png)"
     )
 
 
