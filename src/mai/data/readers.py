@@ -15,7 +15,7 @@ from datatrove.pipeline.readers import JsonlReader, ParquetReader, WarcReader
 from datatrove.pipeline.readers.base import BaseDiskReader, BaseReader
 
 from mai.config import SourceConfig
-from mai.data.corpus import read_source
+from mai.data.corpus import check_installed, read_source
 from mai.errors import MaiError
 
 BINARY_PROBE = 8192
@@ -120,12 +120,14 @@ class CorpusReader(NamedBySource, BaseReader):
 
 
 def check_source_files(sources: list[SourceConfig]) -> None:
-    """Raise if a source's path is missing or holds no file its reader would take.
+    """Raise if a source's path is missing or holds no file its reader would take, or a corpus's
+    package is not installed.
 
     Called before any pipeline work: datatrove would otherwise fail in every task, each with a traceback.
     """
     for source in sources:
         if source.kind == "corpus":
+            check_installed(source.name)
             continue
         folder = get_datafolder(source.path)
         if not folder.exists(""):
