@@ -1,4 +1,5 @@
-"""The data pipeline survives kill -9 and does not depend on how many workers run it."""
+"""The data pipeline survives kill -9, does not depend on how many workers run it, and keeps
+datatrove's logs out of the console."""
 
 import os
 import signal
@@ -7,6 +8,7 @@ import time
 
 from conftest import FAST, MAI, run_mai
 from mai.config import load_config
+from mai.data.pipeline import STAGE_ORDER
 from mai.pipeline import init_run
 from mai.run import RunDir
 
@@ -24,8 +26,19 @@ def new_run(path, *overrides) -> RunDir:
 def test_one_or_two_workers_give_the_same_shards(prepared_run, tmp_path):
     assert load_config("tiny", FAST).data.workers == 2
     run = new_run(tmp_path / "one", "data.workers=1")
-    run_mai("data", "prepare", str(run.path))
+    result = run_mai("data", "prepare", str(run.path))
     assert shard_digests(run) == shard_digests(prepared_run)
+
+    # One line per stage, and datatrove's own progress bars (the dedup stages draw them in any
+    # terminal); each task's log, datatrove's INFO lines and stats, only in the stage's logs/.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("data: ")]
+    assert [line.split(",")[0] for line in ours] == [f"data: {stage}" for stage in (*STAGE_ORDER, "shards")]
+    assert all(line in ours or line.endswith("it/s]") for line in lines), result.stderr
+    task_log = run.data_dir / "work" / "logs" / "filter" / "logs" / "task_00000.log"
+    assert "Processing done for rank=0" in task_log.read_text()
+    rerun = run_mai("data", "prepare", str(run.path))
+    assert rerun.stderr.splitlines() == [f"data: {stage} done before, skipped" for stage in (*STAGE_ORDER, "shards")]
 
 
 def test_kill_9_mid_pipeline_then_rerun(prepared_run, tmp_path):

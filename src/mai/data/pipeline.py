@@ -4,11 +4,16 @@
 Everything lives under the run's data/work/: each stage's outputs and its logging folder, whose
 completion markers make a rerun skip finished tasks, so a killed pipeline resumes. Every dropped
 document goes to data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
+datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console gets one line per
+stage, and a task's errors.
 """
 
 import shutil
+import sys
+import time
 from pathlib import Path
 
+from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupSignature
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import MinhashConfig
@@ -21,6 +26,8 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from loguru import logger
+from rich.console import Console
 
 from mai.config import DataConfig
 from mai.data.filters import (
@@ -33,7 +40,7 @@ from mai.data.filters import (
     MinhashDedup,
     write_eval_ngrams,
 )
-from mai.data.readers import build_reader
+from mai.data.readers import build_reader, progress_bars
 from mai.errors import MaiError
 
 # FineWeb's near-duplicate setting: 5-gram shingles, 14 bands of 8 hashes (~0.92 detection at Jaccard 0.8).
@@ -48,11 +55,33 @@ STAGE_ORDER = (
     "minhash_cluster",
     "clean",
 )
+console = Console(stderr=True)
 
 
 def normalized_text(doc) -> str:
     """Exact-duplicate key: lower-cased text with runs of whitespace collapsed."""
     return " ".join(doc.text.lower().split())
+
+
+def console_logs_warnings_only() -> None:
+    """datatrove logs through loguru, whose default console handler prints everything down to DEBUG."""
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+class LocalExecutor(LocalPipelineExecutor):
+    """datatrove's local executor with each task's console output cut to errors.
+
+    datatrove prints a task's INFO logs and stats (dozens of lines per task) to the console only
+    for local_rank 0, which is all that local_rank is used for; every task here runs as 1, so its
+    full log lands in the stage's logs/ folder alone.
+    """
+
+    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
+        try:
+            return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
+        finally:
+            console_logs_warnings_only()  # datatrove puts its DEBUG console handler back after each task
 
 
 class Stages:
@@ -70,29 +99,41 @@ class Stages:
     def logs(self, stage: str) -> Path:
         return self.work / "logs" / stage
 
-    def executor(self, stage: str, pipeline: list, tasks: int | None = None, depends=None):
-        tasks = tasks or self.config.tasks
+    def executor(self, stage: str, pipeline: list, tasks: int):
         common = {"pipeline": pipeline, "tasks": tasks, "logging_dir": str(self.logs(stage))}
         options = dict(self.config.executor_options)
         if self.config.executor == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
             workers = min(self.config.workers or tasks, tasks)
-            return LocalPipelineExecutor(**common, workers=workers, depends=depends, **options)
+            return LocalExecutor(**common, workers=workers, **options)
         if self.config.executor == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 
-            return SlurmPipelineExecutor(**common, job_name=f"mai-{stage}", depends=depends, **options)
+            return SlurmPipelineExecutor(**common, job_name=f"mai-{stage}", **options)
         from datatrove.executor import RayPipelineExecutor
 
-        return RayPipelineExecutor(**common, depends=depends, **options)
+        return RayPipelineExecutor(**common, **options)
+
+    def run(self, stage: str, pipeline: list, tasks: int | None = None) -> None:
+        """Run one stage, skipping the tasks a previous run finished, and say so in one line."""
+        tasks = tasks or self.config.tasks
+        if self.complete(stage, tasks):
+            console.print(f"data: {stage} done before, skipped")
+            return
+        console_logs_warnings_only()
+        started = time.perf_counter()
+        self.executor(stage, pipeline, tasks).run()
+        count = f"{tasks} task" + "s" * (tasks > 1)
+        if self.config.executor == "local":
+            console.print(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s")
+        else:
+            console.print(f"data: {stage}, {count} submitted to {self.config.executor}")
 
     def complete(self, stage: str, tasks: int | None = None) -> bool:
         completions = self.logs(stage) / "completions"
         return completions.is_dir() and len(list(completions.iterdir())) >= (tasks or self.config.tasks)
 
     def reader(self, folder: str) -> JsonlReader:
-        return JsonlReader(self.folder(folder), glob_pattern="*.jsonl.gz", doc_progress=True)
+        return JsonlReader(self.folder(folder), glob_pattern="*.jsonl.gz", doc_progress=progress_bars())
 
     def writer(self, folder: str) -> JsonlWriter:
         return JsonlWriter(self.folder(folder), output_filename="${rank}.jsonl.gz")
@@ -120,42 +161,40 @@ def filter_steps(stages: Stages) -> list:
 def run_stages(stages: Stages, eval_texts) -> str:
     """Run (or resume) every processing stage; return the folder holding the clean documents."""
     config = stages.config
-    stages.executor("filter", filter_steps(stages)).run()
+    stages.run("filter", filter_steps(stages))
     current = "filtered"
     if config.exact_dedup:
         exact = ExactDedupConfig(content_getter=normalized_text)
-        stages.executor(
+        stages.run(
             "exact_signatures", [stages.reader(current), ExactDedupSignature(stages.folder("exact/sigs"), exact)]
-        ).run()
-        stages.executor(
+        )
+        stages.run(
             "exact_find", [ExactFindDedups(stages.folder("exact/sigs"), stages.folder("exact/dups"), exact)], tasks=1
-        ).run()
-        stages.executor(
+        )
+        stages.run(
             "exact_filter",
             [
                 stages.reader(current),
                 ExactDedup(stages.folder("exact/dups"), exact, exclusion_writer=stages.rejects("exact_dedup")),
                 stages.writer("exact_deduped"),
             ],
-        ).run()
+        )
         current = "exact_deduped"
     clean_steps = [stages.reader(current)]
     if config.minhash_dedup:
         signatures, buckets, remove = (stages.folder(f"minhash/{f}") for f in ("sigs", "buckets", "remove_ids"))
-        stages.executor(
-            "minhash_signatures", [stages.reader(current), MinhashDedupSignature(signatures, MINHASH)]
-        ).run()
-        stages.executor(
+        stages.run("minhash_signatures", [stages.reader(current), MinhashDedupSignature(signatures, MINHASH)])
+        stages.run(
             "minhash_buckets", [MinhashDedupBuckets(signatures, buckets, config=MINHASH)], tasks=MINHASH.num_buckets
-        ).run()
-        stages.executor("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=MINHASH)], tasks=1).run()
+        )
+        stages.run("minhash_cluster", [MinhashDedupCluster(buckets, remove, config=MINHASH)], tasks=1)
         clean_steps.append(MinhashDedup(remove, exclusion_writer=stages.rejects("minhash_dedup")))
     if config.decontaminate:
         ngrams = stages.work / "eval_ngrams.npz"
         if not ngrams.is_file():
             write_eval_ngrams(ngrams, eval_texts)
         clean_steps.append(Decontaminate(str(ngrams), exclusion_writer=stages.rejects("decontaminate")))
-    stages.executor("clean", clean_steps + [stages.writer("clean")]).run()
+    stages.run("clean", clean_steps + [stages.writer("clean")])
     if not stages.complete("clean"):
         raise MaiError(
             f"the pipeline's jobs were submitted to {config.executor} and are not finished; "

@@ -102,7 +102,7 @@ def write_shards(run: RunDir, stages: Stages, clean: str, threshold: int) -> Non
         {source.name: source.weight for source in config.sources},
         config.shard_tokens,
     )
-    stages.executor("shards", [stages.reader(clean), writer]).run()
+    stages.run("shards", [stages.reader(clean), writer])
 
 
 def merge_rejects(stages: Stages) -> None:

@@ -7,6 +7,7 @@ it is written to the `read` rejects with its reason.
 """
 
 import random
+import sys
 from collections.abc import Iterator
 
 from datatrove.data import Document
@@ -139,6 +140,12 @@ def check_source_files(sources: list[SourceConfig]) -> None:
             )
 
 
+def progress_bars() -> bool:
+    """Whether readers draw datatrove's per-document progress bars: on a terminal, not in a log file,
+    where every update of every worker's bar would become a fragment of one long line."""
+    return sys.stderr.isatty()
+
+
 def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
     """The datatrove reader of one configured source."""
     metadata = {"source": source.name, "rules": source.rules}
@@ -149,7 +156,7 @@ def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
     common = {
         "glob_pattern": source.glob,
         "default_metadata": metadata,
-        "doc_progress": True,
+        "doc_progress": progress_bars(),
         "source_name": source.name,
     }
     readers = {
