@@ -35,12 +35,11 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mai.errors import MaiError
-from mai.serve.web import add_route_errors, bind, error_response, run_app, url_of
+from mai.serve.web import add_health_and_metrics, add_route_errors, bind, error_response, run_app, url_of
 
 
 class Section(BaseModel):
@@ -180,13 +179,7 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         first = pickers[alias].pick()
         return [route.backends[first], *(b for i, b in enumerate(route.backends) if i != first), *route.fallbacks]
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_health_and_metrics(app, metrics.registry)
 
     @app.get("/v1/models")
     def models(request: Request):

@@ -21,16 +21,15 @@ import jinja2
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from fastapi.responses import FileResponse, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mai.errors import MaiError
 from mai.export import load_pretrained
 from mai.sample import check_precision, to_decoding_precision
 from mai.serve import protocol as p
 from mai.serve.engine import Engine, Output, QueueFull, SamplingParams, Sequence, TokenLogprob
-from mai.serve.web import add_route_errors, bind, error_response, run_app, url_of
+from mai.serve.web import add_health_and_metrics, add_route_errors, bind, error_response, run_app, url_of
 from mai.tokenizer import IM_END
 
 STATIC = Path(__file__).parent / "static"
@@ -109,13 +108,7 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
     def chat_page():
         return FileResponse(STATIC / "index.html")
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_health_and_metrics(app, metrics.registry)
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     def models() -> p.ModelList:

@@ -1,11 +1,14 @@
-"""What `mai serve` and `mai gateway` share, without torch: OpenAI-shaped errors and the listening socket."""
+"""What `mai serve` and `mai gateway` share, without torch: OpenAI-shaped errors, /health and /metrics, and
+the listening socket."""
 
 import errno
 import socket
 import sys
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from mai.errors import MaiError
@@ -37,6 +40,16 @@ def add_route_errors(app: FastAPI) -> None:
             message = str(e.detail)
         type = "server_error" if e.status_code >= 500 else "invalid_request_error"
         return error_response(e.status_code, message, type, headers=e.headers)
+
+
+def add_health_and_metrics(app: FastAPI, registry: CollectorRegistry) -> None:
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def bind(host: str, port: int, hint: str) -> socket.socket:
