@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mai.data.corpus import shakespeare
+from mai.errors import MaiError
 from mai.run import save_tokenizer
 from mai.tokenizer import BOS, CHAT_TEMPLATE, IM_END, IM_START, Tokenizer, train_tokenizer
 
@@ -60,3 +61,29 @@ def test_transformers_loads_it_with_the_same_ids_and_bos(tokenizer, tmp_path):
     chat = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     assert chat == f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n"
     assert reloaded.chat_template == CHAT_TEMPLATE
+
+
+def test_mai_tokenizer_train_retrains_only_an_untrained_run(prepared_run, trained_run, tmp_path):
+    from conftest import copy_run, run_mai
+
+    run = copy_run(prepared_run, tmp_path / "prepared")
+    result = run_mai("tokenizer", "train", str(run.path))
+    assert result.stdout.startswith(f"{run.tokenizer_path}: 4096 tokens, ") and "bytes/token" in result.stdout
+
+    run = copy_run(trained_run, tmp_path / "trained")
+    before = run.tokenizer_path.read_bytes()
+    result = run_mai("tokenizer", "train", str(run.path), check=False)
+    assert result.returncode == 2 and "step_0000030" in result.stderr and "new run directory" in result.stderr
+    assert run.tokenizer_path.read_bytes() == before
+
+
+def test_a_vocabulary_smaller_than_the_bytes_is_refused_before_the_pipeline(tmp_path):
+    from conftest import run_mai
+
+    run = tmp_path / "run"
+    run_mai("init", str(run), "--set", "model.vocab_size=259")
+    result = run_mai("data", "prepare", str(run), check=False)
+    assert result.returncode == 2 and "it needs at least 260 (256 bytes and 4 special tokens)" in result.stderr
+    assert not (run / "data").exists()
+    with pytest.raises(MaiError, match="model.vocab_size 2 is too small"):
+        train_tokenizer(["some text"], 2)

@@ -14,13 +14,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mai.errors import MaiError
 from mai.train.batches import windows_to_batch
+
+
+def check_validation_tokens(tokens: np.ndarray, seq_len: int) -> None:
+    """Refuse a validation split too short for one window, which would leave nothing to measure."""
+    if len(tokens) < seq_len + 1:
+        raise MaiError(
+            f"the validation split has {len(tokens):,} tokens, fewer than one window of train.seq_len {seq_len} "
+            "plus 1; lower train.seq_len, or add data or raise data.val_fraction and rerun `mai data prepare`",
+            parameter="train.seq_len",
+        )
 
 
 def validation_windows(
     tokens: np.ndarray, seq_len: int, batch_size: int, num_batches: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets) batches of the first batch_size·num_batches windows of seq_len + 1 tokens."""
+    check_validation_tokens(tokens, seq_len)
     num_windows = min((len(tokens) - 1) // seq_len, batch_size * num_batches)
     for start in range(0, num_windows, batch_size):
         offsets = [w * seq_len for w in range(start, min(start + batch_size, num_windows))]

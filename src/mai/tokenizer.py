@@ -124,8 +124,23 @@ class Tokenizer:
         return sum(len(t.encode()) for t in texts) / max(tokens, 1)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train byte-level BPE to exactly `vocab_size` tokens (special tokens included)."""
+def check_vocab_size(vocab_size: int) -> None:
+    """Byte-level BPE starts from every byte and the special tokens: a smaller vocabulary cannot exist."""
+    smallest = 256 + len(SPECIAL_TOKENS)
+    if vocab_size < smallest:
+        raise MaiError(
+            f"model.vocab_size {vocab_size} is too small for a byte-level BPE tokenizer: it needs at least "
+            f"{smallest} (256 bytes and {len(SPECIAL_TOKENS)} special tokens)",
+            parameter="model.vocab_size",
+        )
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_corpus: bool = False) -> Tokenizer:
+    """Train byte-level BPE to exactly `vocab_size` tokens (special tokens included).
+
+    `whole_corpus`: the texts are all the data there is, so a larger sample cannot help.
+    """
+    check_vocab_size(vocab_size)
     backend = HFTokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -142,9 +157,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     )
     backend.train_from_iterator(texts, trainer)
     if backend.get_vocab_size() < vocab_size:
+        remedy = (
+            "add data or lower model.vocab_size"
+            if whole_corpus
+            else "lower model.vocab_size or raise tokenizer.sample_mb"
+        )
         raise MaiError(
-            f"the tokenizer sample only supports {backend.get_vocab_size()} tokens, fewer than model.vocab_size "
-            f"{vocab_size}; lower model.vocab_size or raise tokenizer.sample_mb"
+            f"the tokenizer sample{' (all the data)' if whole_corpus else ''} only supports "
+            f"{backend.get_vocab_size()} tokens, fewer than model.vocab_size {vocab_size}; {remedy}"
         )
     backend.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))]

@@ -4,13 +4,17 @@
 Everything lives under the run's data/work/: each stage's outputs and its logging folder, whose
 completion markers make a rerun skip finished tasks, so a killed pipeline resumes. Every dropped
 document goes to data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
+A local stage that leaves no document stops the run in one line counting the drops by step.
 datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console gets one line per
 stage, and a task's errors.
 """
 
+import gzip
+import json
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor
@@ -42,6 +46,7 @@ from mai.data.filters import (
 )
 from mai.data.readers import build_reader, progress_bars
 from mai.errors import MaiError
+from mai.run import atomic_write_text
 
 # FineWeb's near-duplicate setting: 5-gram shingles, 14 bands of 8 hashes (~0.92 detection at Jaccard 0.8).
 MINHASH = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1)
@@ -138,6 +143,59 @@ class Stages:
     def writer(self, folder: str) -> JsonlWriter:
         return JsonlWriter(self.folder(folder), output_filename="${rank}.jsonl.gz")
 
+    def merge_rejects(self) -> None:
+        """data/rejected/<step>/<rank>.jsonl.gz → data/rejected/<step>.jsonl, one file per step."""
+        for step_dir in sorted(p for p in self.rejected.glob("*") if p.is_dir()):
+            lines = []
+            for part in sorted(step_dir.glob("*.jsonl.gz")):
+                with gzip.open(part, "rt", encoding="utf-8") as f:
+                    lines += [line for line in f if line.strip()]
+            atomic_write_text(self.rejected / f"{step_dir.name}.jsonl", "".join(lines))
+
+    def check_documents_left(self, folder: str) -> None:
+        """Refuse an empty stage output, which datatrove's next reader would crash on ("No files found").
+
+        Only a local run has finished its stage here; Slurm and Ray stages are still running.
+        """
+        if self.config.executor == "local" and not has_documents(self.work / folder):
+            refuse_too_few_documents(self, 0)
+
+
+def has_documents(folder: Path) -> bool:
+    for path in folder.glob("*.jsonl.gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            if f.readline().strip():
+                return True
+    return False
+
+
+def drop_counts(stages: Stages) -> Counter:
+    """Dropped documents per step from the merged rejects; a reader's also per reason (binary, no_text...)."""
+    counts = Counter()
+    for path in stages.rejected.glob("*.jsonl"):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if path.stem.startswith("read_"):
+                    counts[f"{path.stem} {json.loads(line)['metadata'].get('filter_reason')}"] += 1
+                else:
+                    counts[path.stem] += 1
+    return counts
+
+
+def refuse_too_few_documents(stages: Stages, kept: int) -> None:
+    """Raise the one error for a pipeline that kept too little to train on: what it dropped, and where."""
+    stages.merge_rejects()
+    counts = drop_counts(stages)
+    dropped = sum(counts.values())
+    if not dropped:
+        raise MaiError(f"data.sources gave the pipeline too few documents to train on ({kept}); add data")
+    reasons = ", ".join(f"{step}: {n}" for step, n in counts.most_common())
+    outcome = f"kept only {kept} of {kept + dropped}" if kept else f"dropped all {dropped}"
+    raise MaiError(
+        f"the pipeline {outcome} documents ({reasons}); the dropped documents are in {stages.rejected}/",
+        parameter="data.sources",
+    )
+
 
 def filter_steps(stages: Stages) -> list:
     """Read every source, then extract, identify language, apply quality rules and scrub PII."""
@@ -163,6 +221,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
     config = stages.config
     stages.run("filter", filter_steps(stages))
     current = "filtered"
+    stages.check_documents_left(current)
     if config.exact_dedup:
         exact = ExactDedupConfig(content_getter=normalized_text)
         stages.run(
@@ -180,6 +239,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
             ],
         )
         current = "exact_deduped"
+        stages.check_documents_left(current)
     clean_steps = [stages.reader(current)]
     if config.minhash_dedup:
         signatures, buckets, remove = (stages.folder(f"minhash/{f}") for f in ("sigs", "buckets", "remove_ids"))
@@ -200,6 +260,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
             f"the pipeline's jobs were submitted to {config.executor} and are not finished; "
             "rerun `mai data prepare` when they are (finished tasks are skipped)"
         )
+    stages.check_documents_left("clean")
     return "clean"
 
 

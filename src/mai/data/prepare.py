@@ -11,18 +11,19 @@ import json
 import time
 
 from mai.config import RunConfig
-from mai.data.pipeline import Stages, reset_if_config_changed, run_stages
+from mai.data.pipeline import Stages, refuse_too_few_documents, reset_if_config_changed, run_stages
 from mai.data.readers import check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
-from mai.run import RunDir, atomic_write_json, atomic_write_text, load_tokenizer, save_tokenizer, sha256_file
-from mai.tokenizer import train_tokenizer
+from mai.run import RunDir, atomic_write_json, load_tokenizer, save_tokenizer, sha256_file
+from mai.tokenizer import check_vocab_size, train_tokenizer
 
 
 def prepare_data(run: RunDir, config: RunConfig) -> dict:
     """Run the whole data stage; return the manifest."""
     started = time.time()
+    check_vocab_size(config.model.vocab_size)
     check_source_files(config.data.sources)
     stages = Stages(run.data_dir, config.data)
     fingerprint = json.dumps(
@@ -37,13 +38,11 @@ def prepare_data(run: RunDir, config: RunConfig) -> dict:
     clean = run_stages(stages, evaluation_texts())
     doc_ids, sample = scan_documents(stages.work / clean, config.tokenizer.sample_mb * 1e6)
     if len(doc_ids) < 2:
-        raise MaiError(
-            f"the pipeline kept {len(doc_ids)} documents; check data/rejected/ and `mai data stats {run.path}`"
-        )
-    tokenizer = train_tokenizer(sample, config.model.vocab_size)
+        refuse_too_few_documents(stages, len(doc_ids))
+    tokenizer = train_tokenizer(sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids))
     save_tokenizer(tokenizer, run.path)
     write_shards(run, stages, clean, val_threshold(doc_ids, config.data.val_fraction, config.data.seed))
-    merge_rejects(stages)
+    stages.merge_rejects()
     manifest = build_manifest(run, config, stages, time.time() - started)
     atomic_write_json(run.manifest_path, manifest)
     return manifest
@@ -74,10 +73,16 @@ def retrain_tokenizer(run: RunDir, config: RunConfig):
     clean = Stages(run.data_dir, config.data).work / "clean"
     if not clean.is_dir():
         raise MaiError(f"{run.path} has no pipeline output; run `mai data prepare {run.path}` first")
-    _, sample = scan_documents(clean, config.tokenizer.sample_mb * 1e6)
-    tokenizer = train_tokenizer(sample, config.model.vocab_size)
-    save_tokenizer(tokenizer, run.path)
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is not None:
+        raise MaiError(
+            f"{run.path} has {checkpoint.name}, trained with its tokenizer.json, which a new tokenizer would "
+            "break; try tokenizer settings in a new run directory (`mai init`)"
+        )
     val_ids = set(run.read_manifest()["val_documents"])
+    doc_ids, sample = scan_documents(clean, config.tokenizer.sample_mb * 1e6)
+    tokenizer = train_tokenizer(sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids))
+    save_tokenizer(tokenizer, run.path)
     return tokenizer, tokenizer.bytes_per_token(text for doc_id, text in read_documents(clean) if doc_id in val_ids)
 
 
@@ -103,16 +108,6 @@ def write_shards(run: RunDir, stages: Stages, clean: str, threshold: int) -> Non
         config.shard_tokens,
     )
     stages.run("shards", [stages.reader(clean), writer])
-
-
-def merge_rejects(stages: Stages) -> None:
-    """data/rejected/<step>/<rank>.jsonl.gz → data/rejected/<step>.jsonl, one file per step."""
-    for step_dir in sorted(p for p in stages.rejected.glob("*") if p.is_dir()):
-        lines = []
-        for part in sorted(step_dir.glob("*.jsonl.gz")):
-            with gzip.open(part, "rt", encoding="utf-8") as f:
-                lines += [line for line in f if line.strip()]
-        atomic_write_text(stages.rejected / f"{step_dir.name}.jsonl", "".join(lines))
 
 
 def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: float) -> dict:

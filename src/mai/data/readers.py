@@ -3,7 +3,7 @@
 Each reader is named after its source (in stats, `mai data stats` and the report). Each document gets
 metadata `source` (the source's name), `rules` (web, code or none) and, for HTML, `html: true` so the
 extraction step knows to run. A binary, invalid-UTF-8, empty or truncated file never stops a task:
-it is written to the `read` rejects with its reason.
+it is written to the `read` rejects with its reason, as is a record without text.
 """
 
 import random
@@ -40,6 +40,13 @@ class SkipBadFiles:
             yield from super().read_file(filepath)
         except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
             self.reject(filepath, "unreadable", f"{type(e).__name__}: {e}")
+
+    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str):
+        document = super().get_document_from_dict(data, source_file, id_in_file)
+        if document is None:  # datatrove skips a record without text, uncounted
+            detail = f"no text in field {self.text_key!r}; the record has {', '.join(map(repr, data)) or 'no fields'}"
+            self.reject(f"{source_file}#{id_in_file}", "no_text", detail)
+        return document
 
     def reject(self, filepath: str, reason: str, detail: str = "") -> None:
         self.stat_update(f"rejected_{reason}")

@@ -6,6 +6,8 @@ The position (epoch, index) is all a checkpoint needs to continue the exact same
 import numpy as np
 import torch
 
+from mai.errors import MaiError
+
 
 class WindowSampler:
     """Yields (inputs, targets) batches of windows of seq_len + 1 tokens from one token array."""
@@ -14,7 +16,11 @@ class WindowSampler:
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
         self.num_windows = (len(tokens) - 1) // seq_len
         if self.num_windows < batch_size:
-            raise ValueError(f"{len(tokens)} tokens make {self.num_windows} windows of {seq_len}, fewer than a batch")
+            raise MaiError(
+                f"the {len(tokens):,} training tokens make {self.num_windows} windows of train.seq_len {seq_len}, "
+                f"fewer than train.batch_size {batch_size}; lower train.batch_size or train.seq_len, or add data",
+                parameter="train.batch_size",
+            )
         self.epoch, self.index = 0, 0
         self._order = self._permutation()
 
