@@ -139,3 +139,29 @@ def test_compare_prints_a_table_and_draws_a_chart(trained_run, untrained_run, tm
     assert "warning: evaluated with different --limit (trained 3, untrained 2)" in mismatched
     lone = run_mai("eval", "compare", str(paths[0]), check=False)
     assert lone.returncode == 2 and "at least two" in lone.stderr
+
+
+def test_a_bad_out_fails_before_any_work(tmp_path):
+    """--out is checked before the tasks or the model load, and a user's file is never overwritten."""
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "notes.txt").write_text("mine\n")
+    for out, phrase in [
+        ("emptydir", "is a directory; name a file such as"),
+        ("notes.txt", "exists and is not an eval.json; choose another file"),
+        ("notes.txt/eval.json", "is a file, not a folder"),
+    ]:
+        with pytest.raises(MaiError, match=phrase):
+            evaluate(tmp_path / "missing", ["arc_easy"], limit=1, out=tmp_path / out)
+    assert (tmp_path / "notes.txt").read_text() == "mine\n" and list((tmp_path / "emptydir").iterdir()) == []
+    result = run_mai(
+        "eval",
+        str(tmp_path / "missing"),
+        "--tasks",
+        "arc_easy",
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "emptydir"),
+        check=False,
+    )
+    assert result.returncode == 2 and result.stderr.startswith(f"error: --out {tmp_path / 'emptydir'} is a directory")

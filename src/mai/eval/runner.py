@@ -26,6 +26,7 @@ from rich.text import Text
 
 from mai.bpb import bits_per_byte, validation_windows
 from mai.errors import MaiError
+from mai.eval.record import read_eval
 from mai.eval.sandbox import Limits, run_programs
 from mai.eval.scoring import Scorer
 from mai.export import load_pretrained
@@ -59,6 +60,8 @@ def evaluate(
         raise MaiError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", parameter="precision")
     if limit is not None and limit < 1:
         raise MaiError("--limit must be at least 1", parameter="limit")
+    if out is not None:
+        check_out(out)
     names = resolve_tasks(tasks)
     if not names:
         raise MaiError("no tasks to evaluate; pass --tasks with task names, a suite (core, code, all) or .jsonl files")
@@ -87,6 +90,22 @@ def evaluate(
     atomic_write_json(out, record)
     atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(_json_line(s) for s in samples))
     return record
+
+
+def check_out(out: Path) -> None:
+    """Refuse an --out that could not be written, or that would overwrite a file other than an eval.json."""
+    if out.is_dir():
+        raise MaiError(f"--out {out} is a directory; name a file such as {out / 'eval.json'}", parameter="out")
+    folder = next(p for p in out.parents if p.exists())
+    if not folder.is_dir():
+        raise MaiError(f"--out {out} cannot be written: {folder} is a file, not a folder", parameter="out")
+    if out.exists():
+        try:
+            read_eval(out)
+        except MaiError:
+            raise MaiError(
+                f"--out {out} exists and is not an eval.json; choose another file", parameter="out"
+            ) from None
 
 
 def evaluate_bpb(run: RunDir, scorer: Scorer) -> dict:
