@@ -2,10 +2,11 @@
 
 import hashlib
 import json
+import subprocess
 
 import pytest
 
-from conftest import copy_run, run_mai
+from conftest import MAI, copy_run, run_mai
 from mai.data.prepare import read_documents
 from mai.run import save_tokenizer
 from mai.tokenizer import train_tokenizer
@@ -41,6 +42,24 @@ def test_missing_run_directory(tmp_path):
     for command in (["train"], ["generate"], ["report"], ["export", "hf"], ["data", "prepare"]):
         args = [*command, str(tmp_path / "missing")] + ([str(tmp_path / "out")] if command == ["export", "hf"] else [])
         assert_user_error(run_mai(*args, check=False), "does not exist")
+
+
+def test_a_file_where_a_run_directory_goes(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for args in (["init", str(afile)], ["init", str(afile / "sub")], ["eval", "lm-eval-tasks", str(afile)]):
+        assert_user_error(run_mai(*args, check=False), "afile is a file")
+    assert afile.read_text() == "mine"
+
+
+def test_bad_generate_input_prints_nothing_to_stdout(trained_run):
+    run = str(trained_run.path)
+    for prompt, phrase in ((b"\xff\xfe", "not valid UTF-8"), ("ROMEO " * 300, "this model's context is 256")):
+        result = subprocess.run([MAI, "generate", run, "--prompt", prompt], capture_output=True, text=True)
+        assert_user_error(result, phrase)
+        assert result.stdout == ""
+    result = run_mai("generate", run, "--prompt", "x", "--seed", str(2**64), check=False)
+    assert result.returncode == 2 and "--seed" in result.stderr
 
 
 def test_generate_writes_prompt_and_completion_only(trained_run):

@@ -42,6 +42,11 @@ def test_bad_values_name_the_field():
         load_config("tiny", ["train.seq_len=1024"])
     with pytest.raises(MaiError, match="section.key=value"):
         load_config("tiny", ["n_layers"])
+    with pytest.raises(MaiError, match="train.lr: Input should be a finite number"):
+        load_config("tiny", ["train.lr=inf"])
+    with pytest.raises(MaiError, match="model.n_layers: Input should be a valid integer"):
+        load_config("tiny", ["model.n_layers=true"])  # not silently 1
+    assert load_config("tiny", ["train.lr=1"]).train.lr == 1.0  # an integer is a fine float
 
 
 def test_unknown_key_in_a_toml_file(tmp_path):
@@ -67,3 +72,19 @@ def test_data_sources_are_checked_when_the_config_is_validated():
     assert own.data.sources[0].name == "nope"  # a path is checked by `mai data prepare`, not here
     with pytest.raises(MaiError, match="source name 'bible' is used twice"):
         load_config("tiny", ['data.sources=["bible", {name = "bible", kind = "text", path = "/data/bible"}]'])
+
+
+def test_unreadable_config_files_are_one_line_errors(tmp_path, monkeypatch):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe[model]\n")
+    with pytest.raises(MaiError, match="binary.toml is not a TOML file \\(not UTF-8 text\\)"):
+        load_config(str(binary))
+    with pytest.raises(MaiError, match="is a directory, not a TOML file"):
+        load_config(str(tmp_path))
+    scalar = tmp_path / "scalar.toml"
+    scalar.write_text("model = 3\n")
+    with pytest.raises(MaiError, match="config section 'model' is 3, not a table"):
+        load_config(str(scalar), ["model.n_layers=2"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "small").mkdir()  # a folder named like a preset does not hide the preset
+    assert load_config("small").preset == "small"

@@ -58,12 +58,38 @@ def test_import_refuses_to_overwrite_a_run(exported, trained_run):
     assert result.returncode == 2 and "already holds a run" in result.stderr
 
 
-def test_export_refuses_to_overwrite_a_run(trained_run, tmp_path):
+def test_export_refuses_to_overwrite_anything(trained_run, tmp_path):
+    """Into another run, a run's checkpoint folder, or a directory holding someone's files: refused."""
     other = copy_run(trained_run, tmp_path / "other")
-    before = {p: p.read_bytes() for p in other.path.rglob("*") if p.is_file()}
-    result = run_mai("export", "hf", str(trained_run.path), str(other.path), check=False)
-    assert result.returncode == 2 and "holds a mai run" in result.stderr
-    assert {p: p.read_bytes() for p in other.path.rglob("*") if p.is_file()} == before
+    user_model = tmp_path / "user_model"
+    user_model.mkdir()
+    (user_model / "config.json").write_text("{}")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    targets = {
+        other.path: "inside the run directory",
+        other.checkpoint_dir(30): "inside the run directory",
+        user_model: "is not empty",
+        user_model / "config.json": "is a file",
+    }
+    for target, reason in targets.items():
+        result = run_mai("export", "hf", str(trained_run.path), str(target), check=False)
+        assert result.returncode == 2 and reason in result.stderr, result.stderr
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_broken_weight_files_are_one_line_errors(exported, tmp_path):
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for f in exported.iterdir():
+        (truncated / f.name).write_bytes(f.read_bytes())
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    short_gguf = tmp_path / "short.gguf"
+    short_gguf.write_bytes(b"GGUF")
+    for source, phrase in ((truncated, "not a readable safetensors file"), (short_gguf, "cannot read this GGUF")):
+        result = run_mai("import", "hf", str(source), str(tmp_path / "run"), check=False)
+        assert result.returncode == 2 and phrase in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_exported_files_get_the_umask_mode(exported):

@@ -200,7 +200,7 @@ def generate(
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 disables.")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**64 - 1, help="Seed for reproducible sampling.")] = None,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
     ] = "auto",
@@ -212,9 +212,14 @@ def generate(
     from mai.run import RunDir
     from mai.sample import load_for_generation, stream_completion
 
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (Python keeps them as surrogates)
+        raise MaiError("--prompt is not valid UTF-8 text", parameter="prompt") from None
     model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
-    _out(prompt)
     pieces = stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
+    first = next(pieces, "")  # checks the prompt (its length too) before anything reaches stdout
+    _out(prompt + first)
     for piece in pieces:
         _out(piece)
     _out("\n")
@@ -355,7 +360,7 @@ def eval_lm_eval_tasks(
     tasks: Annotated[
         list[str] | None, typer.Option("--tasks", "-t", help="Tasks or suites, as for `mai eval`.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Write only the first N examples of each task.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Write only the first N examples of each task.")] = None,
 ):
     """Write our tasks as lm-evaluation-harness task files (JSONL + YAML), named mai_<task>."""
     from mai.eval.lm_eval_tasks import write_lm_eval_tasks

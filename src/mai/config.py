@@ -18,7 +18,7 @@ from mai.errors import MaiError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -255,24 +255,30 @@ def config_to_toml(config: RunConfig) -> str:
     return _dump_toml(config.model_dump(exclude_none=True))
 
 
-def _read_preset(preset: str) -> dict[str, Any]:
-    path = Path(preset)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise MaiError(f"config file {preset} not found")
-        text = path.read_text()
-        name = path.stem
-    else:
-        names = preset_names()
-        if preset not in names:
-            raise MaiError(f"unknown preset {preset!r}; choose one of: {', '.join(names)} (or a path to a .toml file)")
-        text = resources.files("mai.presets").joinpath(f"{preset}.toml").read_text()
-        name = preset
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file, or a one-line error saying why it cannot be read as one."""
+    if path.is_dir():
+        raise MaiError(f"{path} is a directory, not a TOML file")
+    if not path.is_file():
+        raise MaiError(f"{path} does not exist")
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise MaiError(f"{path} is not a TOML file (not UTF-8 text)") from None
     except tomllib.TOMLDecodeError as e:
-        raise MaiError(f"{preset}: invalid TOML: {e}") from None
-    data.setdefault("preset", name)
+        raise MaiError(f"{path}: invalid TOML: {e}") from None
+
+
+def _read_preset(preset: str) -> dict[str, Any]:
+    """A built-in preset by name (which wins over a same-named path), or a TOML file."""
+    names = preset_names()
+    if preset in names:
+        data = tomllib.loads(resources.files("mai.presets").joinpath(f"{preset}.toml").read_text())
+    elif Path(preset).suffix == ".toml" or Path(preset).exists():
+        data = read_toml(Path(preset))
+    else:
+        raise MaiError(f"unknown preset {preset!r}; choose one of: {', '.join(names)} (or a path to a .toml file)")
+    data.setdefault("preset", Path(preset).stem)
     return data
 
 
@@ -283,8 +289,10 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     parts = key.strip().split(".")
     _check_key_path(parts)
     node = data
-    for part in parts[:-1]:
+    for i, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MaiError(f"config section {'.'.join(parts[: i + 1])!r} is {node!r}, not a table of keys")
     node[parts[-1]] = _parse_value(raw.strip())
 
 

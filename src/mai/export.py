@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mai.config import ModelConfig, RunConfig, validate_config
@@ -21,6 +22,7 @@ from mai.run import (
     atomic_write_json,
     atomic_write_text,
     load_model,
+    make_directory,
     read_json,
     save_model_weights,
     save_safetensors,
@@ -31,8 +33,7 @@ from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
 
 
 def export_hf(run: RunDir, out: Path, dtype: str = "float32") -> Path:
-    if RunDir(out).config_path.exists():  # its tokenizer.json would be overwritten by ours
-        raise MaiError(f"{out} holds a mai run (config.toml); export into a new directory")
+    check_export_target(out)
     model, config, tokenizer = load_model(run)
     out.mkdir(parents=True, exist_ok=True)
     torch_dtype = getattr(torch, dtype)
@@ -45,13 +46,27 @@ def export_hf(run: RunDir, out: Path, dtype: str = "float32") -> Path:
     return out
 
 
+def check_export_target(out: Path) -> None:
+    """An export writes only into a new or empty directory outside every run: whatever is there
+    (a run's checkpoint, another model's config.json) would be overwritten."""
+    for folder in (out, *out.resolve().parents):
+        if RunDir(folder).config_path.is_file():
+            raise MaiError(f"{out} is inside the run directory {folder}; export into a new directory outside it")
+    if out.exists() and not out.is_dir():
+        raise MaiError(f"{out} is a file; export into a new directory")
+    if out.is_dir() and any(out.iterdir()):
+        raise MaiError(f"{out} is not empty; export into a new or empty directory (delete the old export first)")
+
+
 def import_hf(source: Path, run: RunDir) -> RunConfig:
     """Turn a transformers checkpoint directory or GGUF file into a new run directory."""
     if run.config_path.exists():
         raise MaiError(f"{run.path} already holds a run; import into a new directory")
+    if run.path.exists() and not run.path.is_dir():
+        raise MaiError(f"{run.path} is a file; import into a new directory")
     model, tokenizer = load_hf_dir(source)
     config = validate_config({"preset": f"import:{source.name}", "model": model.config.model_dump()})
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_directory(run.path)
     save_tokenizer(tokenizer, run.path)
     run.write_config(config)
     checkpoint = run.checkpoint_dir(0)
@@ -72,7 +87,9 @@ def load_hf_dir(source: Path):
     hf_config, hf_state, tokenizer = _read_gguf(gguf) if gguf else _read_hf_dir(source)
     try:
         config = ModelConfig(**hf.config_from_hf(hf_config))
-    except (KeyError, ValueError) as e:
+    except KeyError as e:
+        raise MaiError(f"{source}: its config has no {e.args[0]!r}; is it a Llama-family checkpoint?") from None
+    except ValueError as e:
         raise MaiError(f"{source}: cannot import ({e})") from None
     try:
         state = hf.from_hf(hf_state, config)
@@ -124,7 +141,10 @@ def _read_hf_dir(source: Path):
         raise MaiError(f"{source} has no *.safetensors weights (PyTorch .bin files are not read, for safety)")
     state = {}
     for path in files:
-        state |= load_file(path)
+        try:
+            state |= load_file(path)
+        except SafetensorError as e:
+            raise MaiError(f"{path} is not a readable safetensors file ({e})") from None
     if not (source / "tokenizer.json").is_file():
         raise MaiError(f"{source} has no tokenizer.json")
     return config, state, Tokenizer.load(source / "tokenizer.json")
@@ -137,8 +157,8 @@ def _read_gguf(path: Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (OSError, ValueError, ImportError) as e:
-        raise MaiError(f"{path}: transformers cannot read this GGUF file ({e})") from None
+    except Exception as e:  # a truncated or foreign file fails anywhere in the GGUF parser (struct.error, ...)
+        raise MaiError(f"{path}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None
     tokenizer = Tokenizer(
         hf_tokenizer.backend_tokenizer,
         hf_tokenizer.bos_token,

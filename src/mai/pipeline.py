@@ -5,9 +5,10 @@ from rich.console import Console
 from mai.config import RunConfig
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
+from mai.eval.record import read_eval
 from mai.eval.runner import evaluate
 from mai.report import write_report
-from mai.run import RunDir, read_json
+from mai.run import RunDir, make_directory, read_json
 from mai.sample import write_samples
 from mai.taskdata import resolve_tasks
 from mai.train.loop import train
@@ -28,7 +29,7 @@ def init_run(run: RunDir, config: RunConfig) -> None:
                 f"or compare {run.config_path} with `mai config show`"
             )
         return
-    run.path.mkdir(parents=True, exist_ok=True)
+    make_directory(run.path)
     run.write_config(config)
 
 
@@ -47,7 +48,7 @@ def run_all(run: RunDir, config: RunConfig) -> None:
     samples = read_json(run.samples_path) if run.samples_path.is_file() else None
     if samples is None or samples["checkpoint"] != run.latest_checkpoint().name:
         write_samples(run)
-    evaluation = read_json(run.path / "eval.json") if (run.path / "eval.json").is_file() else None
+    evaluation = read_eval(run.path / "eval.json") if (run.path / "eval.json").is_file() else None
     if evaluation is None or evaluation["checkpoint"] != run.latest_checkpoint().name:
         evaluation = evaluate(run.path, EVAL_TASKS, EVAL_LIMIT)
     elif evaluation["settings"]["tasks"] != resolve_tasks(EVAL_TASKS) or evaluation["settings"]["limit"] != EVAL_LIMIT:

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mai.config import config_to_toml  # noqa: E402
 from mai.data.stats import format_table  # noqa: E402
+from mai.eval.record import read_eval  # noqa: E402
 from mai.run import RunDir, atomic_write_text, read_json, read_metrics  # noqa: E402
 
 PLOTS = {  # file → (title, y label, metric keys)
@@ -31,7 +32,7 @@ def write_report(run: RunDir) -> str:
     if run.samples_path.is_file():
         sections.append(_samples_section(read_json(run.samples_path)))
     if (run.path / "eval.json").is_file():
-        evaluation = read_json(run.path / "eval.json")
+        evaluation = read_eval(run.path / "eval.json")
         plot_eval(evaluation, run.path / "eval.png")
         sections.append(_eval_section(evaluation))
     sections.append(f"## Config\n\n```toml\n{config_to_toml(config)}```")

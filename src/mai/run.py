@@ -10,14 +10,13 @@ import hashlib
 import json
 import os
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mai.config import ModelConfig, RunConfig, config_to_toml, validate_config
+from mai.config import ModelConfig, RunConfig, config_to_toml, read_toml, validate_config
 from mai.errors import MaiError
 
 
@@ -71,6 +70,15 @@ def verify_sha256(path: Path, expected: str) -> None:
         raise MaiError(f"{path} is corrupt (sha256 mismatch); delete it and rerun the stage that writes it")
 
 
+def make_directory(path: Path) -> None:
+    """mkdir -p, with a one-line error when a file stands where a directory must be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        in_the_way = next(p for p in (path, *path.parents) if p.exists() and not p.is_dir())
+        raise MaiError(f"{in_the_way} is a file, so {path} cannot be a directory; choose another path") from None
+
+
 def read_json(path: Path) -> Any:
     if not path.is_file():
         raise MaiError(f"{path} is missing; rerun the stage that writes it")
@@ -106,11 +114,9 @@ class RunDir:
         return self
 
     def read_config(self) -> RunConfig:
-        self.require()
-        try:
-            data = tomllib.loads(self.config_path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise MaiError(f"{self.config_path}: invalid TOML: {e}") from None
+        data = read_toml(self.require().config_path)
+        if not data:  # every key has a default, so an emptied file would silently describe another model
+            raise MaiError(f"{self.config_path} is empty; restore it, or `mai init` a new run directory")
         return validate_config(data)
 
     def write_config(self, config: RunConfig) -> None:
@@ -138,13 +144,23 @@ class RunDir:
         return self.checkpoints_dir / f"step_{step:07d}"
 
     def latest_checkpoint(self) -> Path | None:
-        """The checkpoint named by checkpoints/latest, or None when training has not saved one."""
+        """The checkpoint named by checkpoints/latest, or None when training has not saved one.
+
+        Without `latest` the newest step_N is the latest: a crash can come between a checkpoint's
+        rename into place and the pointer's update, and a run whose pointer was deleted must not be
+        trained over from step 0.
+        """
         latest = self.checkpoints_dir / "latest"
         if not latest.is_file():
-            return None
-        path = self.checkpoints_dir / latest.read_text().strip()
-        if not path.is_dir():
-            raise MaiError(f"{latest} names {path.name}, which is missing; delete {latest} to start over")
+            saved = sorted(p for p in self.checkpoints_dir.glob("step_*") if (p / "meta.json").is_file())
+            return saved[-1] if saved else None
+        name = latest.read_bytes().decode("utf-8", errors="replace").strip()
+        path = self.checkpoints_dir / name
+        if not name.startswith("step_") or "/" in name or not path.is_dir():
+            raise MaiError(
+                f"{latest} names {name!r}, not a checkpoint of this run; write the name of one of its "
+                f"step_N folders into it, or move {self.checkpoints_dir} away to start over"
+            )
         return path
 
 
@@ -201,7 +217,7 @@ def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
         changed = sorted(k for k in meta["model"] if meta["model"][k] != config.model_dump().get(k))
         raise MaiError(
             f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
-            "model settings cannot change on resume: restore them or start a new run directory"
+            "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
         )
     path = checkpoint / "model.safetensors"
     verify_sha256(path, meta["model_sha256"])
@@ -241,11 +257,13 @@ def read_metrics(run: RunDir) -> list[dict]:
     if not run.metrics_path.is_file():
         return []
     records = []
-    for line in run.metrics_path.read_text().splitlines():
+    for line in run.metrics_path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
     return records
 
 

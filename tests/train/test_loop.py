@@ -79,6 +79,40 @@ def test_resume_at_final_step_is_a_no_op(trained_run, tmp_path):
     assert json.loads(result.stdout) == read_metrics(run)[-1]  # the final record, as a finished training prints
 
 
+def test_resume_uses_the_new_optimizer_settings(trained_run, tmp_path):
+    """Loading the optimizer's state brings back its old lr and betas; --set on resume must win."""
+    logged = {}
+    for lr in (None, "1e-4"):
+        run = copy_run(trained_run, tmp_path / f"lr{lr}")
+        overrides = ["train.steps=35"] + ([f"train.lr={lr}", "train.beta2=0.9"] if lr else [])
+        train(run, resume=True, config=apply_overrides(run.read_config(), overrides))
+        logged[lr] = [r["lr"] for r in read_metrics(run) if r["step"] > 30 and "lr" in r]
+        assert run.read_config().train.lr == (float(lr) if lr else trained_run.read_config().train.lr)
+    ratio = 1e-4 / trained_run.read_config().train.lr
+    assert logged["1e-4"] == pytest.approx([lr * ratio for lr in logged[None]], rel=1e-9)
+
+
+def test_resume_with_fewer_steps_leaves_the_config_as_it_was(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    before = run.config_path.read_text()
+    result = run_mai("train", str(run.path), "--resume", "--set", "train.steps=20")
+    assert "already trained to step 30 of 20" in " ".join(result.stderr.split())
+    assert run.config_path.read_text() == before
+
+
+def test_a_missing_latest_pointer_means_the_newest_checkpoint(trained_run, tmp_path):
+    """A crash between a checkpoint's rename and the pointer's update, or a deleted pointer, must
+    not let training start over on top of the run's checkpoints."""
+    run = copy_run(trained_run, tmp_path / "run")
+    (run.checkpoints_dir / "latest").unlink()
+    assert run.latest_checkpoint() == run.checkpoint_dir(30)
+    result = run_mai("train", str(run.path), "--set", "train.seed=7", check=False)
+    assert result.returncode == 2 and "step_0000030" in result.stderr and "--resume" in result.stderr
+    (run.checkpoints_dir / "latest").write_bytes(b"../../other/step_0000010\xff\n")
+    result = run_mai("generate", str(run.path), "--prompt", "x", check=False)
+    assert result.returncode == 2 and "not a checkpoint of this run" in result.stderr
+
+
 def test_checkpoints_get_the_umask_mode(trained_run):
     """tempfile and safetensors make private files (0600, directories 0700); a run is shared like any file."""
     checkpoint = trained_run.checkpoint_dir(30)
@@ -114,3 +148,20 @@ def test_training_restores_the_process_deterministic_mode(prepared_run, tmp_path
     train(run, config=config, device="cpu")
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.utils.deterministic.fill_uninitialized_memory
+
+
+def test_metrics_lines_that_are_not_records_are_skipped(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    records = read_metrics(run)
+    with open(run.metrics_path, "ab") as f:
+        f.write(b'5\n{}\n[1]\n{"step": "x"}\n\xff\xfe\n{"step": 3')  # the last one torn by a kill
+    assert read_metrics(run) == records
+
+
+def test_a_finished_run_without_metrics_or_with_an_emptied_config(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    run.metrics_path.unlink()
+    assert json.loads(run_mai("train", str(run.path), "--resume").stdout) == {"step": 30}
+    run.config_path.write_text("")
+    result = run_mai("generate", str(run.path), "--prompt", "x", check=False)
+    assert result.returncode == 2 and "config.toml is empty" in result.stderr

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from mai.errors import MaiError
-from mai.run import atomic_write_text
+from mai.run import atomic_write_text, make_directory
 from mai.taskdata import Task, load_task, resolve_tasks
 
 PREFIX = "mai_"
@@ -25,7 +25,7 @@ def write_lm_eval_tasks(folder: Path, tasks: list[str], limit: int | None = None
     import yaml  # installed with lm-eval
 
     folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_directory(folder)
     names = []
     for name in resolve_tasks(tasks):
         task = load_task(name, limit)

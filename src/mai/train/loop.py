@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mai.bpb import bits_per_byte, validation_windows
+from mai.bpb import bits_per_byte, check_validation_tokens, validation_windows
 from mai.config import RunConfig
 from mai.errors import MaiError
 from mai.model.info import model_info
@@ -23,7 +23,7 @@ from mai.model.transformer import build_model
 from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, read_metrics, truncate_metrics
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
-from mai.train.optim import build_optimizer, build_scheduler
+from mai.train.optim import build_optimizer, build_scheduler, use_optimizer_settings
 
 console = Console(stderr=True)
 
@@ -147,34 +147,38 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed)
+    check_validation_tokens(val_tokens, tc.seq_len)
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
         check_tokenizer_matches(run, meta["tokenizer_sha256"], "this model was trained with")
         sampler.load_state_dict(meta["data"])
         start_step = meta["step"]
+        use_optimizer_settings(optimizer, scheduler, tc)
         console.print(f"resuming {run.path} from step {start_step}")
     elif resume:
         console.print(f"{run.path} has no checkpoint yet: training from step 0")
-    if config != run.read_config():
-        run.write_config(config)
-    truncate_metrics(run, start_step if checkpoint is not None else -1)
     # Compiling model and loss together lets inductor fuse the norms, RoPE, SwiGLU and the
     # log-softmax of the loss: ~1.4× the eager tokens/s of the tiny preset on a 2-core CPU.
     compute_loss = torch.compile(loss_fn) if tc.compile else loss_fn
 
     info = model_info(config.model, tc.seq_len)
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
-    record: dict = {}
-    if start_step == 0:
-        record = {"step": 0, **evaluate(model, val_tokens, token_bytes, config, device, precision)}
-        append_metrics(run, record)
     if start_step >= tc.steps:
         console.print(
             f"{run.path} is already trained to step {start_step} of {tc.steps}; "
             "to train further, raise train.steps (--set train.steps=N)"
         )
-        return read_metrics(run)[-1]
+        return (read_metrics(run) or [{"step": start_step}])[-1]
+    record: dict = {}
+    if start_step == 0:
+        record = {"step": 0, **evaluate(model, val_tokens, token_bytes, config, device, precision)}
+    # Only now, with every input checked and the first evaluation done, does the run change.
+    if config != run.read_config():
+        run.write_config(config)
+    truncate_metrics(run, start_step if checkpoint is not None else -1)
+    if record:
+        append_metrics(run, record)
 
     console.print(
         f"training {info['params'] / 1e6:.2f}M parameters on {device.type} in {precision}, "

@@ -40,3 +40,18 @@ def lr_multiplier(step: int, config: TrainConfig) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, config))
+
+
+def use_optimizer_settings(optimizer: torch.optim.AdamW, scheduler: torch.optim.lr_scheduler.LambdaLR, config) -> None:
+    """Give a resumed optimizer this config's peak lr, betas and weight decay.
+
+    Loading a checkpoint's state brings back the values it was saved with, so without this
+    `--resume --set train.lr=...` would be written to config.toml and silently not used. With an
+    unchanged config it changes nothing, and resume stays exact.
+    """
+    scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr
+        group["lr"] = config.lr * lr_multiplier(scheduler.last_epoch, config)
+        group["betas"] = (config.beta1, config.beta2)
+    optimizer.param_groups[0]["weight_decay"] = config.weight_decay  # the decayed group (build_optimizer)
