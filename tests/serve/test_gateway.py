@@ -158,6 +158,34 @@ def test_errors_have_openai_shape(gateway):
         assert phrase in error["message"] and error["type"] == "invalid_request_error", (path, body, error)
 
 
+def test_lone_surrogate_is_a_400_naming_the_field(gateway, stand_ins):
+    """The gateway sends the body on as UTF-8, which cannot encode half a UTF-16 pair ("\\ud800"),
+    and adds include_usage to stream_options, which must be an object."""
+    url, _ = gateway
+    headers = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
+    cases = [
+        ("/v1/completions", '"prompt": "\\ud800"', "prompt", "prompt holds"),
+        (
+            "/v1/chat/completions",
+            '"messages": [{"role": "user", "content": "\\ud800x"}]',
+            "messages",
+            "messages.0.content",
+        ),
+        ("/v1/completions", '"prompt": "x", "user": "\\udfff"', "user", "user holds"),  # fields the gateway ignores too
+        ("/v1/completions", '"prompt": "x", "\\ud800": 1', "\\ud800", "\\ud800 holds"),
+        ("/v1/completions", '"prompt": "x", "stream": true, "stream_options": "x"', "stream_options", "object"),
+    ]
+    hits = stand_ins["a"].hits + stand_ins["b"].hits
+    for path, fields, param, phrase in cases:
+        response = httpx.post(f"{url}{path}", content=f'{{"model": "ab", {fields}}}', headers=headers, timeout=10)
+        assert response.status_code == 400, (fields, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"] == param and phrase in error["message"], (
+            error
+        )
+    assert stand_ins["a"].hits + stand_ins["b"].hits == hits
+
+
 def test_usage_log_times_the_request_from_its_first_attempt(stand_ins, tmp_path):
     lagging = StandIn("lagging", delay_s=0.6)
     process, url = start_gateway(
@@ -198,6 +226,43 @@ def test_unset_backend_key_fails_at_start(tmp_path, monkeypatch):
         load_gateway_config(path)
     message = str(e.value)
     assert "https://vendor.example/v1#v" in message and "MAI_TEST_VENDOR_KEY" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("where", ["folder", "missing/usage.jsonl"])
+def test_usage_log_that_cannot_be_appended_to_fails_at_start(tmp_path, where):
+    usage_log = tmp_path / where
+    (tmp_path / "folder").mkdir()
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'usage_log = "{usage_log}"\n[models.chat]\nbackends = [{{url = "http://127.0.0.1:1/v1", model = "m"}}]\n'
+    )
+    with pytest.raises(MaiError) as e:
+        load_gateway_config(path)
+    message = str(e.value)
+    assert message.startswith(f"usage_log {usage_log} ") and "\n" not in message
+
+
+def test_usage_log_failing_later_still_answers(stand_ins, tmp_path):
+    process, url = start_gateway(
+        tmp_path, f'[models.a]\nbackends = [{{url = "{stand_ins["a"].url}", model = "m-a"}}]\n'
+    )
+    try:
+        (tmp_path / "usage.jsonl").mkdir()  # the log path turns into a folder after the start
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert client.completions.create(model="a", prompt="x", max_tokens=1).choices[0].text == "a"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert f"cannot append to usage_log {tmp_path / 'usage.jsonl'}" in (tmp_path / "gateway.log").read_text()
+
+
+def test_port_out_of_range_is_a_one_line_error(tmp_path):
+    path = tmp_path / "gateway.toml"
+    path.write_text('port = 70000\n[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1", model = "m"}]\n')
+    result = run_mai("gateway", str(path), check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: port 70000 is out of range: ports are 0-65535"), result.stderr
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path):

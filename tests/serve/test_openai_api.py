@@ -148,6 +148,34 @@ def test_body_not_json_is_a_400_saying_so(server):
     assert "OpenAI request object" in error(b"[1, 2]", "application/json")
 
 
+def test_lone_surrogate_is_a_400_naming_the_field(server):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); Python decodes it into a str no tokenizer takes."""
+    chat = '"messages": [{"role": "user", "content": %s}]'
+    cases = [
+        ("/v1/completions", '"prompt": "\\ud800"', "prompt", "prompt holds"),
+        ("/v1/completions", '"prompt": ["ok", "\\ud800"], "echo": true', "prompt", "prompt.1 holds"),
+        ("/v1/completions", '"prompt": "x", "stop": ["\\udfff"]', "stop", "stop.0 holds"),
+        ("/v1/chat/completions", chat % '"\\ud800x"', "messages", "messages.0.content holds"),
+        ("/v1/chat/completions", chat % '[{"type": "text", "text": "\\ud800"}]', "messages", "content.0.text holds"),
+    ]
+    headers = {"Content-Type": "application/json"}
+    for path, fields, param, phrase in cases:
+        content = f'{{"model": "{server.model}", {fields}}}'
+        response = httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=10)
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["type"] == "invalid_request_error", (fields, response.text)
+        assert error["param"] == param and phrase in error["message"] and "surrogate" in error["message"], error
+
+
+def test_port_out_of_range_is_a_one_line_error(tmp_path):
+    for port in ("70000", "-1"):
+        result = run_mai("serve", str(tmp_path), "--port", port, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and lines == [
+            f"error: port {port} is out of range: ports are 0-65535; pick another with --port"
+        ], result.stderr
+
+
 def test_unknown_routes_and_methods_have_openai_shape(server):
     for method, path, status, phrase in (
         ("GET", "/v1/completions", 405, "POST"),

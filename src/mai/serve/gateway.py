@@ -27,9 +27,9 @@ variables) carry token quotas; every answered request is appended to a JSONL usa
 
 import json
 import os
+import sys
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import httpx
@@ -38,7 +38,9 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mai.config import read_toml
 from mai.errors import MaiError
+from mai.serve.protocol import lone_surrogate, not_text
 from mai.serve.web import add_health_and_metrics, add_route_errors, bind, error_response, run_app, url_of
 
 
@@ -78,17 +80,16 @@ class GatewayConfig(Section):
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
-    if not path.is_file():
+    if not path.exists():
         raise MaiError(f"{path} does not exist; write a gateway config (see `mai gateway --help`)")
     try:
-        config = GatewayConfig.model_validate(tomllib.loads(path.read_text()))
-    except tomllib.TOMLDecodeError as e:
-        raise MaiError(f"{path}: invalid TOML: {e}") from None
+        config = GatewayConfig.model_validate(read_toml(path))
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise MaiError(f"{path}: {where}: {first['msg']}") from None
     check_backend_keys(config)
+    check_usage_log(config.usage_log)
     return config
 
 
@@ -101,6 +102,20 @@ def check_backend_keys(config: GatewayConfig) -> None:
                     f"model {alias}: backend {backend.name}: environment variable {backend.api_key_env} "
                     "is empty or unset; export its API key"
                 )
+
+
+def check_usage_log(usage_log: str) -> None:
+    """The usage log can be appended to now, rather than each answered request failing to log later."""
+    path = Path(usage_log)
+    if path.is_dir():
+        problem = "is a directory"
+    elif not path.parent.is_dir():
+        problem = f"is in {path.parent}, which is not a directory"
+    elif not os.access(path if path.exists() else path.parent, os.W_OK):
+        problem = "is not writable"
+    else:
+        return
+    raise MaiError(f"usage_log {usage_log} {problem}; set usage_log to a file the gateway can append to")
 
 
 class WeightedRoundRobin:
@@ -171,8 +186,12 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
     add_route_errors(app)
 
     def log_usage(record: dict) -> None:
-        with log_lock, open(config.usage_log, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Append `record`; a failure (the log moved, its disk full) goes to stderr, never to the client."""
+        try:
+            with log_lock, open(config.usage_log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            print(f"mai gateway: cannot append to usage_log {config.usage_log}: {e}", file=sys.stderr, flush=True)
 
     def order(alias: str) -> list[Backend]:
         route = config.models[alias]
@@ -202,6 +221,9 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             body = await request.json()
         except ValueError:
             return error_response(400, "the body is not JSON; send an OpenAI request object")
+        where = lone_surrogate(body, "")
+        if where:  # the backend request could not be encoded
+            return error_response(400, f"invalid request: {not_text(where)}", param=where.split(".")[0])
         alias = body.get("model") if isinstance(body, dict) else None
         if not isinstance(alias, str):
             message = f'the body needs a "model" field: send a JSON object with "model" one of {sorted(config.models)}'
@@ -209,6 +231,8 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         if alias not in config.models:
             message = f"model {alias!r} is not routed here; known: {sorted(config.models)}"
             return error_response(404, message, param="model")
+        if not isinstance(body.get("stream_options") or {}, dict):  # the gateway adds include_usage to it
+            return error_response(400, "stream_options must be an object", param="stream_options")
         left, reset_s = quotas.remaining(client_name)
         if left is not None and left <= 0:
             message = f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s"

@@ -9,8 +9,42 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def lone_surrogate(value, where: str) -> str | None:
+    """Where in a JSON value (`where` names it) a string holds a lone UTF-16 surrogate, or None.
+
+    JSON may escape one ("\\ud800") and Python decodes it into a str that UTF-8 cannot encode: the
+    tokenizer, and any client sending the request on, would fail on it.
+    """
+    if isinstance(value, str):
+        return None if escape_surrogates(value) == value else where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        name = escape_surrogates(str(key))  # a key that is not text is named with its surrogate escaped
+        inner = f"{where}.{name}" if where else name
+        found = inner if name != str(key) else lone_surrogate(item, inner)
+        if found:
+            return found
+    return None
+
+
+def escape_surrogates(text: str) -> str:
+    return text.encode(errors="backslashreplace").decode()
+
+
+def not_text(where: str) -> str:
+    return f"{where} holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send valid Unicode"
+
+
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check_text(cls, value, info):
+        where = lone_surrogate(value, info.field_name)
+        if where:
+            raise ValueError(not_text(where))
+        return value
 
 
 class StreamOptions(OpenAIModel):

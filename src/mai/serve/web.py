@@ -58,6 +58,8 @@ def bind(host: str, port: int, hint: str) -> socket.socket:
     It listens only when `run_app` serves: until then connections are refused at once (a gateway in
     front falls back) rather than left waiting in the backlog.
     """
+    if not 0 <= port <= 65535:
+        raise MaiError(f"port {port} is out of range: ports are 0-65535; {hint}")
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port left in TIME_WAIT is free
     try:
