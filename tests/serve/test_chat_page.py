@@ -30,6 +30,14 @@ def test_chat_page_streams_answers_and_keeps_the_conversation(server, tmp_path):
         page.wait_for_function("document.getElementById('model').textContent.length > 0")
         assert page.text_content("#model") == server.model
         page.evaluate(WATCH)
+        # The stream trickles in at 4 kB/s (~2 s for 40 tokens): on a loaded machine the server can
+        # otherwise finish before the page renders once, and the answer would appear whole.
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        cdp.send(
+            "Network.emulateNetworkConditions",
+            {"offline": False, "latency": 0, "downloadThroughput": 4000, "uploadThroughput": -1},
+        )
         page.click("summary")  # open the settings
         page.fill("#max_tokens", "40")
         page.fill("#input", "Speak, friend.")
