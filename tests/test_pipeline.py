@@ -9,7 +9,8 @@ from mai.run import RunDir
 def test_run_writes_the_contract_and_a_rerun_skips_finished_stages(tmp_path):
     path = tmp_path / "demo"
     args = ["run", "tiny", "--run-dir", str(path)] + [a for o in FAST for a in ("--set", o)]
-    run_mai(*args, "--set", "sample.max_new_tokens=20")
+    first = run_mai(*args, "--set", "sample.max_new_tokens=20")
+    assert "no checkpoint yet" not in first.stderr  # a fresh run is not a resume
     run = RunDir(path)
     for name in [
         "config.toml",

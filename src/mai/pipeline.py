@@ -44,7 +44,7 @@ def run_all(run: RunDir, config: RunConfig) -> None:
     if checkpoint is not None and read_json(checkpoint / "meta.json")["step"] >= config.train.steps:
         console.print(f"train: {checkpoint.name} is final, skipped")
     else:
-        train(run, resume=True)
+        train(run, resume=checkpoint is not None)
     samples = read_json(run.samples_path) if run.samples_path.is_file() else None
     if samples is None or samples["checkpoint"] != run.latest_checkpoint().name:
         write_samples(run)
