@@ -70,6 +70,7 @@ def test_export_refuses_to_overwrite_anything(trained_run, tmp_path):
         other.checkpoint_dir(30): "inside the run directory",
         user_model: "is not empty",
         user_model / "config.json": "is a file",
+        user_model / "config.json" / "sub": "is a file",
     }
     for target, reason in targets.items():
         result = run_mai("export", "hf", str(trained_run.path), str(target), check=False)

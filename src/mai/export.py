@@ -35,7 +35,7 @@ from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
 def export_hf(run: RunDir, out: Path, dtype: str = "float32") -> Path:
     check_export_target(out)
     model, config, tokenizer = load_model(run)
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     torch_dtype = getattr(torch, dtype)
     state = {k: v.to(torch_dtype) for k, v in hf.to_hf(model.state_dict(), config.model).items()}
     save_safetensors(out / "model.safetensors", state, metadata={"format": "pt"})
