@@ -21,9 +21,11 @@ class Collector:
 
     def __init__(self, engine=None):
         self.tokens, self.text, self.finish, self.done = [], "", None, threading.Event()
+        self.outputs = []
         self.engine, self.batch_sizes, self.finishes = engine, [], []
 
     def __call__(self, out):
+        self.outputs.append(out)
         self.tokens += out.token_ids
         self.text += out.text
         if self.engine is not None:
@@ -227,3 +229,28 @@ def test_a_non_streaming_sequence_is_reported_once_with_what_streaming_reports_i
         engine.stop()
     assert len(calls) == 1 and len(calls[0].logprobs) == 20
     assert (held.tokens, held.text, held.finish) == (streamed.tokens, streamed.text, streamed.finish)
+
+
+def test_logit_bias_applies_to_its_own_rows_and_leaves_the_others_greedy_output(loaded):
+    model, tokenizer = loaded
+    engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8)  # started once all wait
+    prompt, n = tokenizer.encode("ROMEO:"), 6
+    greedy = alone(model, prompt, n)
+    params = [
+        SamplingParams(max_tokens=n, temperature=0),
+        SamplingParams(max_tokens=n, temperature=0, logit_bias=((greedy[0], -100.0),), logprobs=1),
+        SamplingParams(max_tokens=n, temperature=1.0, logit_bias=((greedy[0], 100.0),)),
+    ]
+    collectors = [Collector() for _ in params]
+    try:
+        for p, c in zip(params, collectors, strict=True):
+            engine.submit([Sequence(prompt, p, c)])
+        engine.start()
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    assert collectors[0].tokens == greedy
+    assert collectors[1].tokens[0] != greedy[0]
+    assert collectors[1].outputs[0].logprobs[0].top[0][0] == greedy[0]  # logprobs are the model's, before the bias
+    assert collectors[2].tokens == [greedy[0]] * n

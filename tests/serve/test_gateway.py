@@ -186,6 +186,19 @@ def test_lone_surrogate_is_a_400_naming_the_field(gateway, stand_ins):
     assert stand_ins["a"].hits + stand_ins["b"].hits == hits
 
 
+def test_nan_and_infinity_are_a_400_as_they_are_not_json(gateway, stand_ins):
+    """Python's JSON parser takes them, but no request to a backend can carry them."""
+    url, _ = gateway
+    headers = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}
+    hits = stand_ins["a"].hits + stand_ins["b"].hits
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        content = f'{{"model": "ab", "prompt": "x", "logit_bias": {{"5": {constant}}}}}'
+        response = httpx.post(f"{url}/v1/completions", content=content, headers=headers, timeout=10)
+        assert response.status_code == 400, response.text
+        assert f"{constant} is not a JSON number" in response.json()["error"]["message"], response.text
+    assert stand_ins["a"].hits + stand_ins["b"].hits == hits
+
+
 def test_usage_log_times_the_request_from_its_first_attempt(stand_ins, tmp_path):
     lagging = StandIn("lagging", delay_s=0.6)
     process, url = start_gateway(

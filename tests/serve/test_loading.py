@@ -49,6 +49,7 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
         (["serve", str(trained_run.path / "config.toml")], "not .gguf"),
         (["serve", str(tmp_path)], "neither a run directory"),
         (["serve", str(trained_run.path), "--api-key-env", "MAI_UNSET_KEY_FOR_TEST"], "MAI_UNSET_KEY_FOR_TEST"),
+        (["serve", str(trained_run.path), "--port", "0", "--max-context", "100000"], "pass --max-context "),
         (["gateway", str(tmp_path / "missing.toml")], "does not exist"),
     ]
     (tmp_path / "bad.toml").write_text("[models.x]\nbackends = []\n")

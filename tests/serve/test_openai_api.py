@@ -10,6 +10,7 @@ import pytest
 import mai.serve.server as mai_server
 from conftest import run_mai
 from mai.errors import MaiError
+from mai.run import load_tokenizer
 
 
 def test_models_list(client, server):
@@ -106,6 +107,58 @@ def test_echo_logprobs_are_prompt_loglikelihoods(client, server):
         model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, logprobs=True, top_logprobs=2
     )
     assert len(chat.choices[0].logprobs.content) >= 1
+
+
+def test_logit_bias_forces_a_token_in_greedy_and_sampled_decoding(client, server, trained_run):
+    tokenizer = load_tokenizer(trained_run)
+    [forced] = tokenizer.encode(" the", add_special_tokens=False)
+    bias = {str(forced): 100}
+    for temperature in (0, 1.0):
+        answer = client.completions.create(
+            model=server.model, prompt="ROMEO:", max_tokens=4, temperature=temperature, logit_bias=bias
+        )
+        assert answer.choices[0].text == " the" * 4, temperature
+    chat = client.chat.completions.create(
+        model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0, logit_bias=bias
+    )
+    assert chat.choices[0].message.content == " the" * 3
+
+
+def test_logit_bias_bans_the_greedy_token_and_logprobs_stay_the_models(client, server, trained_run):
+    def first_token(**kwargs):
+        answer = client.completions.create(
+            model=server.model, prompt="ROMEO:", max_tokens=1, temperature=0, logprobs=1, **kwargs
+        )
+        return answer.choices[0].logprobs
+
+    free = first_token()
+    [greedy] = load_tokenizer(trained_run).encode(free.tokens[0], add_special_tokens=False)
+    banned = first_token(logit_bias={str(greedy): -100})
+    assert banned.tokens[0] != free.tokens[0]
+    assert banned.top_logprobs[0] == free.top_logprobs[0]  # logprobs are the model's, before the bias
+
+
+def test_bad_logit_bias_is_a_400_naming_it(server, trained_run):
+    vocab_size = load_tokenizer(trained_run).vocab_size
+    cases = [
+        ("/v1/completions", '{"abc": 5}', "not a token id"),
+        ("/v1/completions", '{"-1": 5}', "not a token id"),
+        ("/v1/completions", f'{{"{vocab_size}": 5}}', f"token ids in [0, {vocab_size})"),
+        ("/v1/completions", '{"5": 101}', "[-100, 100]"),
+        ("/v1/completions", '{"5": NaN}', "[-100, 100]"),  # Python's JSON parser takes NaN
+        ("/v1/completions", '{"5": "high"}', "[-100, 100]"),
+        ("/v1/completions", "[5]", "maps token ids"),
+        ("/v1/chat/completions", '{"5": -100.5}', "[-100, 100]"),
+        ("/v1/chat/completions", f'{{"{vocab_size}": 5}}', f"token ids in [0, {vocab_size})"),
+    ]
+    headers = {"Content-Type": "application/json"}
+    for path, bias, phrase in cases:
+        question = '"prompt": "x"' if path == "/v1/completions" else '"messages": [{"role": "user", "content": "x"}]'
+        content = f'{{"model": "{server.model}", {question}, "max_tokens": 1, "logit_bias": {bias}}}'
+        response = httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=10)
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["type"] == "invalid_request_error", (bias, response.text)
+        assert error["param"] == "logit_bias" and phrase in error["message"], (bias, error)
 
 
 def test_errors_have_openai_shape(client, server):

@@ -44,6 +44,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     stop_ids: tuple[int, ...] = ()
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit) pairs
     logprobs: int | None = None  # alternatives to report per token; None reports no logprobs
     prompt_logprobs: bool = False  # also the prompt's tokens (echo with logprobs)
     stream: bool = True  # emit every token; otherwise one Output at the end (no text until then)
@@ -90,6 +91,7 @@ class Sequence:
         self.last_token_at: float | None = None
         self.output_ids: list[int] = []
         self.generator = None  # seeded on the model's device at prefill, as `mai generate` seeds it
+        self.bias: torch.Tensor | None = None  # (V,) on the model's device from prefill, when there is a logit_bias
         self.text = ""  # decoded completion so far
         self.sent = 0  # characters of self.text already emitted
         self.prefix_offset = 0  # incremental detokenization window over output_ids
@@ -235,7 +237,7 @@ class Engine:
 
     def _prefill(self, seq: Sequence) -> None:
         T = len(seq.prompt_ids)
-        self._seed(seq)
+        self._prepare(seq)
         self.scratch.length = 0
         prompt = torch.tensor([seq.prompt_ids], device=self.device)
         # (T, V) when the prompt's logprobs are wanted, else (1, V) for the last position as `generate` computes it
@@ -268,7 +270,7 @@ class Engine:
         tokens = torch.zeros(len(seqs), T, dtype=torch.long)
         for i, seq in enumerate(seqs):
             tokens[i, : len(seq.prompt_ids)] = torch.tensor(seq.prompt_ids)
-            self._seed(seq)
+            self._prepare(seq)
         prompt_lengths = torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device)
         rows = self.cache.rows(first, first + len(seqs))
         starts = torch.zeros_like(prompt_lengths)
@@ -279,10 +281,15 @@ class Engine:
         done = [first + i for i, seq in enumerate(seqs) if not self._advance(seq, picks[i], logits[i : i + 1])]
         self._retire(done)
 
-    def _seed(self, seq: Sequence) -> None:
+    def _prepare(self, seq: Sequence) -> None:
+        """Seed seq's generator and lay out its logit bias, on the model's device."""
         if seq.params.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(seq.params.seed)
+        if seq.params.logit_bias:
+            ids, biases = zip(*seq.params.logit_bias, strict=True)
+            seq.bias = torch.zeros(self.model.config.vocab_size, device=self.device)
+            seq.bias[torch.tensor(ids, device=self.device)] = torch.tensor(biases, device=self.device)
 
     def _decode(self) -> None:
         n = len(self.running)
@@ -301,10 +308,16 @@ class Engine:
     def _pick(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         """Each sequence's next token from its row of logits (n, V), with one device sync for all rows.
 
-        Greedy rows take the argmax. A seeded row samples alone with its own generator, as
-        `mai generate --seed` does; the other rows sample together, one call per distinct setting,
-        instead of one call and one sync each.
+        Rows with a logit bias add it first, in one op for all of them; the logits are left as they
+        are, so reported logprobs stay the model's own, as vLLM reports them by default. Greedy rows
+        take the argmax. A seeded row samples alone with its own generator, as `mai generate --seed`
+        does; the other rows sample together, one call per distinct setting, instead of one call and
+        one sync each.
         """
+        biased = [row for row, seq in enumerate(seqs) if seq.bias is not None]
+        if biased:
+            index = torch.tensor(biased, device=logits.device)
+            logits = logits.float().index_add(0, index, torch.stack([seqs[row].bias for row in biased]))
         picks = logits.argmax(dim=-1)
         together = defaultdict(list)  # (temperature, top_k, top_p) -> rows
         for row, seq in enumerate(seqs):

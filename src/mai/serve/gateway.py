@@ -176,6 +176,10 @@ class GatewayMetrics:
         self.fallbacks = Counter("mai_gateway_fallbacks", "Requests passed to a later backend", ["model"], registry=r)
 
 
+def not_a_json_number(constant: str):
+    raise ValueError(f"{constant} is not a JSON number")
+
+
 def build_gateway(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
     quotas, metrics = Quotas(config.keys), GatewayMetrics()
@@ -218,9 +222,10 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
                 401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error"
             )
         try:
-            body = await request.json()
-        except ValueError:
-            return error_response(400, "the body is not JSON; send an OpenAI request object")
+            # json.loads takes NaN and Infinity, which the request to the backend could not carry
+            body = json.loads(await request.body(), parse_constant=not_a_json_number)
+        except ValueError as e:
+            return error_response(400, f"the body is not JSON ({e}); send an OpenAI request object")
         where = lone_surrogate(body, "")
         if where:  # the backend request could not be encoded
             return error_response(400, f"invalid request: {not_text(where)}", param=where.split(".")[0])

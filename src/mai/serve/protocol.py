@@ -64,8 +64,28 @@ class SamplingFields(OpenAIModel):
     seed: int | None = Field(
         None, ge=-(2**63), le=2**64 - 1, description="Same seed, same request: same output (torch's seed range)."
     )
+    logit_bias: dict[int, float] | None = Field(
+        None, description="Token id (a string of an integer) -> bias in [-100, 100] added to its logit before sampling."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _check_logit_bias(cls, bias):
+        if bias is None:
+            return None
+        if not isinstance(bias, dict):
+            raise ValueError('logit_bias maps token ids to biases in [-100, 100], such as {"50256": -100}')
+        for key, value in bias.items():
+            if not (key.isascii() and key.isdigit()):
+                raise ValueError(
+                    f'key {key!r} is not a token id; keys are token ids written as strings, such as "50256"'
+                )
+            # Python counts true as 1, JSON does not; NaN and infinities fail the range check
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -100 <= value <= 100:
+                raise ValueError(f"the bias of token {key} is {value!r}; biases are numbers in [-100, 100]")
+        return {int(key): float(value) for key, value in bias.items()}
 
     @field_validator("stop")
     @classmethod

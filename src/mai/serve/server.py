@@ -86,6 +86,8 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
     metrics = Metrics(engine)
     engine.on_token = metrics.on_token
     tokenizer = engine.tokenizer
+    # the ids both the tokenizer and the model know (a model may pad its embeddings past the tokenizer's)
+    vocab_size = min(tokenizer.vocab_size, engine.model.config.vocab_size)
     created = int(time.time())
     add_error_handlers(app)
     name_served_model(app, settings.model_name)
@@ -121,7 +123,8 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
         check_model(body.model, settings)
         prompts = completion_prompts(body.prompt, tokenizer)
         for ids in prompts:
-            check_prompt(ids, engine, tokenizer.vocab_size, body.max_tokens == 0)
+            check_prompt(ids, engine, vocab_size, body.max_tokens == 0)
+        check_logit_bias(body.logit_bias, vocab_size)
         stop_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
         jobs = [
             (ids, sampling(body, body.max_tokens, ids, engine, stop_ids, body.logprobs, body.echo, j))
@@ -143,7 +146,8 @@ def build_app(engine: Engine, settings: Settings) -> FastAPI:
     async def chat_completions(body: p.ChatCompletionRequest, request: Request):
         check_model(body.model, settings)
         ids = chat_prompt(body.messages, tokenizer)
-        check_prompt(ids, engine, tokenizer.vocab_size, False)
+        check_prompt(ids, engine, vocab_size, False)
+        check_logit_bias(body.logit_bias, vocab_size)
         stop_ids = tuple(i for i in (tokenizer.eos_id, tokenizer.backend.token_to_id(IM_END)) if i is not None)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -258,6 +262,11 @@ def check_prompt(ids: list[int], engine: Engine, vocab_size: int, echo_only: boo
         )
 
 
+def check_logit_bias(bias: dict[int, float] | None, vocab_size: int) -> None:
+    if bias and max(bias) >= vocab_size:
+        raise ApiError(400, f"logit_bias keys must be token ids in [0, {vocab_size}); it has {max(bias)}", "logit_bias")
+
+
 def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) -> SamplingParams:
     """Sampling for one choice; choice j of a seeded request uses seed + j, so choices differ."""
     room = engine.max_context - len(ids)
@@ -270,6 +279,7 @@ def sampling(body, max_tokens, ids, engine, stop_ids, logprobs, echo, choice) ->
         seed=None if body.seed is None else (body.seed + choice) % 2**64,
         stop=tuple(body.stop or ()),
         stop_ids=stop_ids,
+        logit_bias=tuple((body.logit_bias or {}).items()),
         logprobs=logprobs,
         prompt_logprobs=echo and logprobs is not None,
         stream=bool(body.stream),
@@ -504,7 +514,14 @@ def serve(
         map_large_allocations()
         model, tokenizer, _ = load_pretrained(path, "cuda" if torch.cuda.is_available() else "cpu")
         model = to_decoding_precision(model, precision)  # as `mai generate` decodes, so greedy outputs agree
-        context = min(max_context or model.config.max_seq_len, model.config.max_seq_len)
+        context = model.config.max_seq_len
+        if max_context is not None and max_context > context:
+            raise MaiError(
+                f"--max-context {max_context} is longer than this model's context of {context} tokens; "
+                f"pass --max-context {context} or less, or leave it out",
+                parameter="max_context",
+            )
+        context = max_context or context
         engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile).start()
         settings = Settings(path.resolve().name, api_key)
         try:
