@@ -41,7 +41,7 @@ def write_files(folder, contents: list[bytes]):
 def test_dropping_every_document_is_one_line_naming_the_step(tmp_path):
     run = tmp_path / "run"
     sources = 'data.sources=[{name = "shakespeare", max_mb = 0.3}]'
-    run_mai("init", str(run), "--preset", "tiny", "--set", sources, "--set", 'data.languages=["klingon"]')
+    run_mai("init", str(run), "--preset", "tiny", "--set", sources, "--set", 'data.languages=["fr"]')
     result = run_mai("data", "prepare", str(run), check=False)
     assert result.returncode == 2
     last = result.stderr.splitlines()[-1]
@@ -52,6 +52,15 @@ def test_dropping_every_document_is_one_line_naming_the_step(tmp_path):
     ), result.stderr
     assert "Traceback" not in result.stderr
     assert (run / "data" / "rejected" / "language.jsonl").is_file()
+
+
+def test_an_unknown_language_code_is_refused_before_the_pipeline(tmp_path):
+    run = tmp_path / "run"
+    run_mai("init", str(run), "--preset", "tiny", "--set", 'data.languages=["en", "klingon"]')
+    result = run_mai("data", "prepare", str(run), check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "'klingon', which py3langid never identifies" in result.stderr and " fr," in result.stderr
+    assert not (run / "data").exists()
 
 
 def test_text_source_of_binary_files(tmp_path):

@@ -11,6 +11,7 @@ import json
 import time
 
 from mai.config import RunConfig
+from mai.data.filters import check_languages
 from mai.data.pipeline import Stages, refuse_too_few_documents, reset_if_config_changed, run_stages
 from mai.data.readers import check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
@@ -24,6 +25,7 @@ def prepare_data(run: RunDir, config: RunConfig) -> dict:
     """Run the whole data stage; return the manifest."""
     started = time.time()
     check_vocab_size(config.model.vocab_size)
+    check_languages(config.data.languages)
     check_source_files(config.data.sources)
     stages = Stages(run.data_dir, config.data)
     fingerprint = json.dumps(
