@@ -38,6 +38,27 @@ def test_unknown_preset_and_key_are_one_line_errors(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_usage_errors_are_one_line_naming_the_help(tmp_path):
+    assert_user_error(run_mai("generate", check=False), "Missing argument", "`mai generate --help`")
+    assert_user_error(run_mai("generate", "r", "--top-p", "2", check=False), "--top-p", "less than or equal to 1")
+    assert_user_error(run_mai("generate", "r", "--top-p", "0", check=False), "--top-p must be above 0")
+    assert_user_error(run_mai("nosuch", check=False), "No such command 'nosuch'", "`mai --help`")
+    assert_user_error(run_mai("model", "info", "--bogus", check=False), "No such option: --bogus")
+    result = run_mai(check=False)
+    assert result.returncode == 2 and "Usage" in result.stdout + result.stderr
+
+
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(tmp_path):
+    result = subprocess.run([MAI, "init", ""], capture_output=True, text=True, cwd=tmp_path)
+    assert_user_error(result, "an empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_absurd_model_shapes_are_refused_at_once():
+    assert_user_error(run_mai("model", "info", "--set", "model.n_layers=1000000000", check=False), "n_layers", "4096")
+    assert_user_error(run_mai("model", "info", "--set", "model.d_model=1000000000000", check=False), "d_model")
+
+
 def test_missing_run_directory(tmp_path):
     for command in (["train"], ["generate"], ["report"], ["export", "hf"], ["data", "prepare"]):
         args = [*command, str(tmp_path / "missing")] + ([str(tmp_path / "out")] if command == ["export", "hf"] else [])
@@ -60,6 +81,13 @@ def test_bad_generate_input_prints_nothing_to_stdout(trained_run):
         assert result.stdout == ""
     result = run_mai("generate", run, "--prompt", "x", "--seed", str(2**64), check=False)
     assert result.returncode == 2 and "--seed" in result.stderr
+
+
+def test_generate_notes_when_the_context_cuts_the_completion(trained_run):
+    result = run_mai("generate", str(trained_run.path), "--prompt", "ROMEO " * 20, "--max-new-tokens", "400")
+    note = " ".join(result.stderr.split())
+    assert "so the completion stops after at most" in note and "not 400" in note
+    assert result.stdout.startswith("ROMEO ")
 
 
 def test_generate_writes_prompt_and_completion_only(trained_run):

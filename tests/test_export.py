@@ -58,6 +58,13 @@ def test_import_refuses_to_overwrite_a_run(exported, trained_run):
     assert result.returncode == 2 and "already holds a run" in result.stderr
 
 
+def test_run_commands_on_an_export_point_to_the_commands_that_take_it(exported):
+    result = run_mai("generate", str(exported), "--prompt", "x", check=False)
+    assert (
+        result.returncode == 2 and "is a transformers checkpoint" in result.stderr and "mai import hf" in result.stderr
+    )
+
+
 def test_export_refuses_to_overwrite_anything(trained_run, tmp_path):
     """Into another run, a run's checkpoint folder, or a directory holding someone's files: refused."""
     other = copy_run(trained_run, tmp_path / "other")

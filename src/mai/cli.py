@@ -54,7 +54,16 @@ for sub, name in [
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
 ]
-RunArg = Annotated[Path, typer.Argument(help="Run directory, e.g. runs/demo.")]
+
+
+def path_value(text: str) -> Path:
+    """A path from the command line; an empty one would silently mean the current folder."""
+    if not text:
+        raise typer.BadParameter("an empty path; name a file or folder ('.' for the current one)")
+    return Path(text)
+
+
+RunArg = Annotated[Path, typer.Argument(parser=path_value, help="Run directory, e.g. runs/demo.")]
 
 
 def _out(text: str) -> None:
@@ -65,7 +74,9 @@ def _out(text: str) -> None:
 @app.command()
 def run(
     preset: Annotated[str, typer.Argument(help="Preset name or path to a .toml config.")],
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default runs/PRESET).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", parser=path_value, help="Run directory (default runs/PRESET).")
+    ] = None,
     set_: Overrides = None,
 ):
     """Run every stage (data, tokenizer, train, samples, report), skipping completed ones."""
@@ -199,7 +210,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 disables.")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Above 0; 1 disables.")] = 1.0,
     seed: Annotated[int | None, typer.Option(min=0, max=2**64 - 1, help="Seed for reproducible sampling.")] = None,
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
@@ -216,6 +227,8 @@ def generate(
         prompt.encode("utf-8")
     except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (Python keeps them as surrogates)
         raise MaiError("--prompt is not valid UTF-8 text", parameter="prompt") from None
+    if top_p == 0:  # would keep no token at all; the server refuses it too
+        raise MaiError("--top-p must be above 0 (1 keeps every token)", parameter="top_p")
     model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
     pieces = stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
     first = next(pieces, "")  # checks the prompt (its length too) before anything reaches stdout
@@ -227,7 +240,10 @@ def generate(
 
 @app.command()
 def serve(
-    path: Annotated[Path, typer.Argument(help="Run directory, transformers checkpoint directory, or a .gguf file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(parser=path_value, help="Run directory, transformers checkpoint directory, or a .gguf file."),
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key_env: Annotated[
@@ -256,7 +272,11 @@ def serve(
 
 
 @app.command()
-def gateway(config: Annotated[Path, typer.Argument(help="Gateway config (TOML): model aliases, backends, keys.")]):
+def gateway(
+    config: Annotated[
+        Path, typer.Argument(parser=path_value, help="Gateway config (TOML): model aliases, backends, keys.")
+    ],
+):
     """Route OpenAI-compatible requests to in-house servers and vendors: weighted splits, fallbacks, quotas.
 
     The config format is documented in src/mai/serve/gateway.py and the README.
@@ -280,7 +300,7 @@ def report(run_dir: RunArg):
 @export_app.command("hf")
 def export_hf_cmd(
     run_dir: RunArg,
-    out: Annotated[Path, typer.Argument(help="Output directory for the transformers checkpoint.")],
+    out: Annotated[Path, typer.Argument(parser=path_value, help="Output directory for the transformers checkpoint.")],
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
 ):
     """Write config.json, model.safetensors and tokenizer files that transformers loads."""
@@ -295,7 +315,10 @@ def export_hf_cmd(
 @import_app.command("hf")
 def import_hf_cmd(
     source: Annotated[
-        Path, typer.Argument(help="transformers checkpoint directory, or a .gguf file (or a directory with one).")
+        Path,
+        typer.Argument(
+            parser=path_value, help="transformers checkpoint directory, or a .gguf file (or a directory with one)."
+        ),
     ],
     run_dir: RunArg,
 ):
@@ -311,7 +334,10 @@ def import_hf_cmd(
 
 @eval_app.command("run")
 def eval_run(
-    path: Annotated[Path, typer.Argument(help="Run directory, transformers checkpoint directory, or a .gguf file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(parser=path_value, help="Run directory, transformers checkpoint directory, or a .gguf file."),
+    ],
     tasks: Annotated[
         list[str] | None,
         typer.Option(
@@ -323,7 +349,10 @@ def eval_run(
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (faster on CPUs with native bf16).")] = "fp32",
     out: Annotated[
-        Path | None, typer.Option(help="Where to write eval.json (default: inside PATH if it is a run directory).")
+        Path | None,
+        typer.Option(
+            parser=path_value, help="Where to write eval.json (default: inside PATH if it is a run directory)."
+        ),
     ] = None,
 ):
     """Bits per byte on the validation shards, each task, and the CORE-style aggregate; writes eval.json."""
@@ -335,8 +364,12 @@ def eval_run(
 
 @eval_app.command("compare")
 def eval_compare(
-    paths: Annotated[list[Path], typer.Argument(help="Run directories (or eval.json files) to compare.")],
-    chart: Annotated[Path, typer.Option(help="Bar chart to write (PNG).")] = Path("eval_compare.png"),
+    paths: Annotated[
+        list[Path], typer.Argument(parser=path_value, help="Run directories (or eval.json files) to compare.")
+    ],
+    chart: Annotated[Path, typer.Option(parser=path_value, help="Bar chart to write (PNG).")] = Path(
+        "eval_compare.png"
+    ),
 ):
     """Print the runs' eval results side by side and draw them as one grouped bar chart."""
     from mai.eval.compare import compare
@@ -356,7 +389,9 @@ def eval_tasks():
 
 @eval_app.command("lm-eval-tasks")
 def eval_lm_eval_tasks(
-    folder: Annotated[Path, typer.Argument(help="Folder for the task files (pass it to lm_eval's --include_path).")],
+    folder: Annotated[
+        Path, typer.Argument(parser=path_value, help="Folder for the task files (pass it to lm_eval's --include_path).")
+    ],
     tasks: Annotated[
         list[str] | None, typer.Option("--tasks", "-t", help="Tasks or suites, as for `mai eval`.")
     ] = None,
@@ -382,10 +417,24 @@ def eval_lm_eval(ctx: typer.Context):
 
 def main() -> None:
     try:
-        app()
+        exit_code = app(standalone_mode=False)
     except MaiError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(e.exit_code)
+    except typer.TyperException as e:  # a usage error (unknown option, bad value): one line, as for MaiError
+        if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            sys.stderr.write(f"error: {usage_error_line(e)}\n")
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(1)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
+
+
+def usage_error_line(error: typer.TyperException) -> str:
+    message = " ".join(error.format_message().split())
+    ctx = getattr(error, "ctx", None)
+    return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
 
 
 if __name__ == "__main__":

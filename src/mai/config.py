@@ -22,20 +22,24 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """Shapes of a decoder-only Llama-family transformer."""
+    """Shapes of a decoder-only Llama-family transformer.
 
-    vocab_size: int = Field(4096, gt=0, description="Token vocabulary size; the tokenizer is trained to it.")
-    d_model: int = Field(256, gt=0, description="Residual stream width.")
-    n_layers: int = Field(6, gt=0, description="Number of transformer blocks.")
+    The upper bounds lie far beyond any published model; they keep a typo such as n_layers=1e9 from
+    hanging `mai model info` or overflowing a tensor's size.
+    """
+
+    vocab_size: int = Field(4096, gt=0, le=2**22, description="Token vocabulary size; the tokenizer is trained to it.")
+    d_model: int = Field(256, gt=0, le=2**17, description="Residual stream width.")
+    n_layers: int = Field(6, gt=0, le=4096, description="Number of transformer blocks.")
     n_heads: int = Field(4, gt=0, description="Query heads; head_dim = d_model / n_heads.")
     n_kv_heads: int | None = Field(
         None, gt=0, description="Key/value heads (grouped-query attention); default n_heads."
     )
     ffn_dim: int | None = Field(
-        None, gt=0, description="SwiGLU hidden width; default 8/3·d_model rounded up to ffn_multiple_of."
+        None, gt=0, le=2**20, description="SwiGLU hidden width; default 8/3·d_model rounded up to ffn_multiple_of."
     )
-    ffn_multiple_of: int = Field(256, gt=0, description="Rounding for the derived ffn_dim.")
-    max_seq_len: int = Field(256, gt=0, description="Longest sequence the RoPE tables and KV cache cover.")
+    ffn_multiple_of: int = Field(256, gt=0, le=2**20, description="Rounding for the derived ffn_dim.")
+    max_seq_len: int = Field(256, gt=0, le=2**24, description="Longest sequence the RoPE tables and KV cache cover.")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
     qk_norm: bool = Field(False, description="RMSNorm on queries and keys per head (as OLMo 2, Qwen 3).")

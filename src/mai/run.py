@@ -110,6 +110,11 @@ class RunDir:
                 raise MaiError(
                     f"run directory {self.path} does not exist; create it with `mai init {self.path} --preset tiny`"
                 )
+            if (self.path / "config.json").is_file():
+                raise MaiError(
+                    f"{self.path} is a transformers checkpoint, not a run directory: `mai serve` and `mai eval` "
+                    f"take it as it is, and `mai import hf {self.path} RUN` makes a run directory of it"
+                )
             raise MaiError(f"{self.path} is not a run directory (no config.toml); create one with `mai init`")
         return self
 

@@ -1,5 +1,6 @@
 """Text in, text out: `mai generate` and the report's samples, over the KV-cache decoder."""
 
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -51,6 +52,11 @@ def stream_completion(
     room = model.config.max_seq_len - len(ids)
     if room <= 0:
         raise MaiError(f"the prompt is {len(ids)} tokens; this model's context is {model.config.max_seq_len}")
+    if max_new_tokens > room:
+        sys.stderr.write(
+            f"note: the prompt is {len(ids)} tokens and the context {model.config.max_seq_len}, "
+            f"so the completion stops after at most {room} tokens, not {max_new_tokens}\n"
+        )
     stop_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
     completion: list[int] = []
     emitted = ""
