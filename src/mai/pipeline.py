@@ -57,7 +57,7 @@ def run_all(run: RunDir, config: RunConfig) -> None:
             f"eval: keeping eval.json of another `mai eval` (tasks {', '.join(tasks)}; limit {limit}); "
             "delete it to evaluate the default suite"
         )
-    console.print(f"eval: CORE {evaluation['core']:+.4f}, {evaluation['bpb']['val_bpb']:.4f} bits/byte")
+    console.print(f"eval: CORE {evaluation['core']:+z.4f}, {evaluation['bpb']['val_bpb']:.4f} bits/byte")
     write_report(run)
     console.print(f"report: {run.report_path}")
 

@@ -78,7 +78,7 @@ def plot_eval(evaluation: dict, path) -> None:
     ax.scatter(
         names, [t["baseline"] for t in evaluation["tasks"].values()], color="black", marker="_", s=400, label="chance"
     )
-    ax.set(title=f"Evaluation (CORE {evaluation['core']:+.3f})", ylabel="score", ylim=(0, 1))
+    ax.set(title=f"Evaluation (CORE {evaluation['core']:+z.3f})", ylabel="score", ylim=(0, 1))
     ax.tick_params(axis="x", labelrotation=40)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
@@ -104,7 +104,7 @@ def _summary(metrics: list[dict]) -> str:
         f"| first | {first['step']} | {first['val_loss']:.4f} | {first['val_bpb']:.4f} |",
         f"| final | {last['step']} | {last['val_loss']:.4f} | {last['val_bpb']:.4f} |",
     ]
-    lines = ["## Summary", "", *rows, "", f"Validation bits per byte changed by {change:+.1f}%."]
+    lines = ["## Summary", "", *rows, "", f"Validation bits per byte changed by {change:+z.1f}%."]
     if train:
         speed = sorted(m["tokens_per_s"] for m in train)[len(train) // 2]
         lines.append(f"Median throughput {speed:,.0f} tokens/s; {train[-1]['tokens']:,} tokens seen.")
@@ -149,13 +149,13 @@ def _eval_section(evaluation: dict) -> str:
     if evaluation.get("bpb"):
         lines += [f"Validation bits per byte: **{evaluation['bpb']['val_bpb']:.4f}**.", ""]
     lines += [
-        f"CORE-style aggregate (mean of (score − chance) / (1 − chance)): **{evaluation['core']:+.4f}**.",
+        f"CORE-style aggregate (mean of (score − chance) / (1 − chance)): **{evaluation['core']:+z.4f}**.",
         "",
         "| task | metric | score | chance | centred |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {t['metric']} | {t['score']:.4f} | {t['baseline']:.3f} | {t['centered']:+.4f} |"
+        f"| {name} | {t['metric']} | {t['score']:.4f} | {t['baseline']:.3f} | {t['centered']:+z.4f} |"
         for name, t in evaluation["tasks"].items()
     ]
     return "\n".join(lines) + "\n\n![Evaluation](eval.png)"

@@ -118,3 +118,14 @@ def test_an_empty_eval_json_is_a_one_line_error(tmp_path):
     assert result.stderr == f"error: {run / 'eval.json'} is not an eval result (missing key 'checkpoint'); " + (
         f"rerun `mai eval {run}` to rewrite it\n"
     )
+
+
+def test_a_score_just_below_chance_prints_as_zero_not_minus_zero(tmp_path):
+    from mai.eval.runner import format_table
+
+    record = eval_record(0.249999)
+    record["tasks"]["arc_easy"] |= {"examples": 3, "examples_per_s": 1.0}
+    assert "+0.0000" in format_table(record) and "-0.0000" not in format_table(record)
+    runs = [write_run(tmp_path / "a", 0.249999), write_run(tmp_path / "b", 0.5)]
+    table = compare(runs, tmp_path / "chart.png")
+    assert "-0.0000" not in table and "+0.0000" in table

@@ -76,7 +76,7 @@ def plot_comparison(records: dict[str, dict], tasks: list[str], path: Path) -> N
     bar = 0.8 / len(records)
     for i, (label, record) in enumerate(records.items()):
         scores = [record["tasks"].get(t, {}).get("score", 0.0) for t in tasks]
-        core = "" if record["core"] is None else f" (CORE {record['core']:+.3f})"
+        core = "" if record["core"] is None else f" (CORE {record['core']:+z.3f})"
         ax.bar([x + i * bar for x in range(len(tasks))], scores, bar, label=label + core)
     for x, task in enumerate(tasks):
         baseline = next(r["tasks"][task]["baseline"] for r in records.values() if task in r["tasks"])
@@ -97,4 +97,4 @@ def plot_comparison(records: dict[str, dict], tasks: list[str], path: Path) -> N
 def _cell(value: float | None, width: int, signed: bool = False) -> str:
     if value is None:
         return "-".rjust(width + 2)
-    return (f"{value:+.4f}" if signed else f"{value:.4f}").rjust(width + 2)
+    return (f"{value:+z.4f}" if signed else f"{value:.4f}").rjust(width + 2)

@@ -254,12 +254,12 @@ def format_table(record: dict) -> str:
             t["metric"],
             f"{t['score']:.4f}",
             f"{t['baseline']:.3f}",
-            f"{t['centered']:+.4f}",
+            f"{t['centered']:+z.4f}",
             str(t["examples"]),
             rate,
         )
     if record["core"] is not None:
-        table.add_row("CORE", "centred mean", "", "", f"{record['core']:+.4f}", "", "", style="bold")
+        table.add_row("CORE", "centred mean", "", "", f"{record['core']:+z.4f}", "", "", style="bold")
     render = Console(width=120, record=True, file=io.StringIO())
     render.print(table)
     lines = [render.export_text()]
