@@ -73,6 +73,23 @@ def test_a_file_where_a_run_directory_goes(tmp_path):
     assert afile.read_text() == "mine"
 
 
+def test_run_files_of_the_wrong_shape_are_one_line_errors(trained_run, tmp_path):
+    """manifest.json, meta.json and samples.json as an edit or another version of mai could leave them."""
+    run = copy_run(trained_run, tmp_path / "run")
+    manifest = json.loads(run.manifest_path.read_text())
+    del manifest["tokens"]["val"]
+    run.manifest_path.write_text(json.dumps(manifest))
+    assert_user_error(run_mai("data", "stats", str(run.path), check=False), "manifest.json", "tokens.val", "prepare")
+
+    meta_path = run.latest_checkpoint() / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"step": "10"}))
+    assert_user_error(run_mai("generate", str(run.path), check=False), "meta.json", "step", "checkpoints/latest")
+
+    run.samples_path.write_text(json.dumps({"checkpoint": "step_0000010", "samples": "none"}))
+    run.manifest_path.unlink()
+    assert_user_error(run_mai("report", str(run.path), check=False), "samples.json", "temperature")
+
+
 def test_bad_generate_input_prints_nothing_to_stdout(trained_run):
     run = str(trained_run.path)
     for prompt, phrase in ((b"\xff\xfe", "not valid UTF-8"), ("ROMEO " * 300, "this model's context is 256")):

@@ -8,7 +8,7 @@ from mai.errors import MaiError
 from mai.eval.record import read_eval
 from mai.eval.runner import evaluate
 from mai.report import write_report
-from mai.run import RunDir, make_directory, read_json
+from mai.run import CheckpointMeta, RunDir, Samples, make_directory, read_json
 from mai.sample import write_samples
 from mai.taskdata import resolve_tasks
 from mai.train.loop import train
@@ -41,11 +41,11 @@ def run_all(run: RunDir, config: RunConfig) -> None:
         manifest = prepare_data(run, config)
         console.print(f"data: {manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} val tokens")
     checkpoint = run.latest_checkpoint()
-    if checkpoint is not None and read_json(checkpoint / "meta.json")["step"] >= config.train.steps:
+    if checkpoint is not None and read_json(checkpoint / "meta.json", CheckpointMeta)["step"] >= config.train.steps:
         console.print(f"train: {checkpoint.name} is final, skipped")
     else:
         train(run, resume=checkpoint is not None)
-    samples = read_json(run.samples_path) if run.samples_path.is_file() else None
+    samples = read_json(run.samples_path, Samples) if run.samples_path.is_file() else None
     if samples is None or samples["checkpoint"] != run.latest_checkpoint().name:
         write_samples(run)
     evaluation = read_eval(run.path / "eval.json") if (run.path / "eval.json").is_file() else None

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mai.config import config_to_toml  # noqa: E402
 from mai.data.stats import format_table  # noqa: E402
 from mai.eval.record import read_eval  # noqa: E402
-from mai.run import RunDir, atomic_write_text, read_json, read_metrics  # noqa: E402
+from mai.run import RunDir, Samples, atomic_write_text, read_json, read_metrics  # noqa: E402
 
 PLOTS = {  # file → (title, y label, metric keys)
     "loss.png": ("Loss", "nats / token", ("loss", "val_loss")),
@@ -22,7 +22,7 @@ def write_report(run: RunDir) -> str:
     metrics = read_metrics(run)
     sections = [f"# Run report: {run.path.name}", _summary(metrics)]
     if run.manifest_path.is_file():
-        manifest = read_json(run.manifest_path)
+        manifest = run.read_manifest()
         plot_data_steps(manifest["steps"], run.path / "data_steps.png")
         sections.append(_data_section(manifest))
     if any("loss" in m for m in metrics):  # no empty plots before the first training step
@@ -30,7 +30,7 @@ def write_report(run: RunDir) -> str:
             plot_metrics(metrics, keys, title, ylabel, run.path / name)
         sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
     if run.samples_path.is_file():
-        sections.append(_samples_section(read_json(run.samples_path)))
+        sections.append(_samples_section(read_json(run.samples_path, Samples)))
     if (run.path / "eval.json").is_file():
         evaluation = read_eval(run.path / "eval.json")
         plot_eval(evaluation, run.path / "eval.png")

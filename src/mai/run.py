@@ -11,10 +11,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 
 from mai.config import ModelConfig, RunConfig, config_to_toml, read_toml, validate_config
 from mai.errors import MaiError
@@ -79,13 +80,106 @@ def make_directory(path: Path) -> None:
         raise MaiError(f"{in_the_way} is a file, so {path} cannot be a directory; choose another path") from None
 
 
-def read_json(path: Path) -> Any:
+class FileShape(BaseModel):
+    """The keys and types that mai reads from a JSON file it writes; the file may hold more."""
+
+    remedy: ClassVar[str] = "delete it and rerun the stage that writes it"
+
+
+class Shard(FileShape):
+    split: str
+    path: str
+    sha256: str
+
+
+class PipelineStep(FileShape):
+    step: str
+    documents_in: int
+    documents_out: int
+    chars_out: int | None
+    reasons: dict[str, int]
+
+
+class SourceTotals(FileShape):
+    documents: int
+    bytes: int
+    train_tokens: int
+    val_tokens: int
+
+
+class TokenCounts(FileShape):
+    train: int
+    val: int
+
+
+class BytesPerToken(FileShape):
+    train: float
+    val: float
+
+
+class Manifest(FileShape):
+    """data/manifest.json, written last by `mai data prepare`."""
+
+    remedy: ClassVar[str] = "delete it and rerun `mai data prepare`"
+
+    sources: dict[str, SourceTotals]
+    mixture: dict[str, float]
+    val_documents: list[str]
+    dtype: Literal["uint16", "uint32"]
+    tokenizer_sha256: str
+    bytes_per_token: BytesPerToken
+    tokens: TokenCounts
+    shards: list[Shard]
+    steps: list[PipelineStep]
+
+
+class CheckpointMeta(FileShape):
+    """checkpoints/step_N/meta.json; an imported checkpoint has no data position or training state."""
+
+    remedy: ClassVar[str] = (
+        "restore it, or delete this checkpoint's folder and checkpoints/latest to fall back to the one before"
+    )
+
+    model: dict[str, Any]
+    model_sha256: str
+    tokenizer_sha256: str | None
+    step: int
+    data: dict[str, int] | None = None
+    train_state_sha256: str | None = None
+
+
+class Sample(FileShape):
+    prompt: str
+    text: str
+
+
+class Samples(FileShape):
+    """samples.json, the report's completions of the config's prompts."""
+
+    remedy: ClassVar[str] = "delete it; `mai run` writes it again"
+
+    checkpoint: str
+    temperature: float
+    top_k: int
+    samples: list[Sample]
+
+
+def read_json(path: Path, shape: type[FileShape] | None = None) -> Any:
+    """The JSON at `path`, checked against `shape` when given (a file edited or from another version)."""
     if not path.is_file():
         raise MaiError(f"{path} is missing; rerun the stage that writes it")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MaiError(f"{path} is corrupt ({e}); delete it and rerun the stage that writes it") from None
+    if shape is not None:
+        try:
+            shape.model_validate(data, strict=True)
+        except ValidationError as e:
+            error = e.errors()[0]
+            where = ".".join(map(str, error["loc"])) or "the file"
+            raise MaiError(f"{path} is not as mai writes it ({where}: {error['msg']}); {shape.remedy}") from None
+    return data
 
 
 class RunDir:
@@ -130,7 +224,7 @@ class RunDir:
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise MaiError(f"{self.path} has no prepared data; run `mai data prepare {self.path}`")
-        return read_json(self.manifest_path)
+        return read_json(self.manifest_path, Manifest)
 
     def read_tokens(self, split: str) -> np.ndarray:
         """All token ids of a split, memory-mapped from its shards after checking each sha256."""
@@ -217,7 +311,7 @@ def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
     """Load a checkpoint's weights into `model` after checking config and checksum; return its metadata."""
     from safetensors.torch import load_file
 
-    meta = read_json(checkpoint / "meta.json")
+    meta = read_json(checkpoint / "meta.json", CheckpointMeta)
     if meta["model"] != config.model_dump():
         changed = sorted(k for k in meta["model"] if meta["model"][k] != config.model_dump().get(k))
         raise MaiError(
