@@ -79,7 +79,9 @@ def test_run_files_of_the_wrong_shape_are_one_line_errors(trained_run, tmp_path)
     manifest = json.loads(run.manifest_path.read_text())
     del manifest["tokens"]["val"]
     run.manifest_path.write_text(json.dumps(manifest))
-    assert_user_error(run_mai("data", "stats", str(run.path), check=False), "manifest.json", "tokens.val", "prepare")
+    assert_user_error(
+        run_mai("data", "stats", str(run.path), check=False), "manifest.json", "missing key 'tokens.val'", "prepare"
+    )
 
     meta_path = run.latest_checkpoint() / "meta.json"
     meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"step": "10"}))

@@ -172,14 +172,23 @@ def read_json(path: Path, shape: type[FileShape] | None = None) -> Any:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MaiError(f"{path} is corrupt ({e}); delete it and rerun the stage that writes it") from None
-    if shape is not None:
-        try:
-            shape.model_validate(data, strict=True)
-        except ValidationError as e:
-            error = e.errors()[0]
-            where = ".".join(map(str, error["loc"])) or "the file"
-            raise MaiError(f"{path} is not as mai writes it ({where}: {error['msg']}); {shape.remedy}") from None
+    problem = shape_problem(data, shape) if shape is not None else None
+    if problem is not None:
+        raise MaiError(f"{path} is not as mai writes it ({problem}); {shape.remedy}")
     return data
+
+
+def shape_problem(data: Any, shape: type[FileShape]) -> str | None:
+    """What keeps `data` from having `shape` (the first missing key or wrong type), or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    try:
+        shape.model_validate(data, strict=True)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(map(str, error["loc"]))
+        return f"missing key {where!r}" if error["type"] == "missing" else f"{where}: {error['msg']}"
+    return None
 
 
 class RunDir:

@@ -88,12 +88,12 @@ def test_paths_that_are_not_eval_results_say_what_was_expected(tmp_path):
     [
         (lambda r: {}, "missing key 'checkpoint'"),
         (lambda r: [r], "not a JSON object"),
-        (lambda r: r | {"tasks": None}, "'settings' and 'tasks' must be objects"),
+        (lambda r: r | {"tasks": None}, "tasks: Input should be a valid dictionary"),
         (lambda r: {k: v for k, v in r.items() if k != "tasks"}, "missing key 'tasks'"),
-        (lambda r: r | {"settings": {}}, "'settings' is missing key 'tasks'"),
-        (lambda r: r | {"core": "high"}, "'core' is not a number"),
-        (lambda r: r | {"bpb": {}}, "'bpb' has no number 'val_bpb'"),
-        (lambda r: r | {"tasks": {"arc_easy": {"metric": "acc"}}}, "task 'arc_easy' has no number 'score'"),
+        (lambda r: r | {"settings": {}}, "missing key 'settings.tasks'"),
+        (lambda r: r | {"core": "high"}, "core: Input should be a valid number"),
+        (lambda r: r | {"bpb": {}}, "missing key 'bpb.val_bpb'"),
+        (lambda r: r | {"tasks": {"arc_easy": {"metric": "acc"}}}, "missing key 'tasks.arc_easy.score'"),
     ],
 )
 def test_an_eval_json_of_the_wrong_shape_names_the_file_and_the_key(tmp_path, change, problem):

@@ -8,10 +8,32 @@ import json
 from pathlib import Path
 
 from mai.errors import MaiError
+from mai.run import FileShape, shape_problem
 
-KEYS = ("checkpoint", "settings", "bpb", "tasks", "core")
-SETTINGS = ("tasks", "limit", "precision")
-TASK_NUMBERS = ("score", "baseline", "centered")
+
+class Settings(FileShape):
+    tasks: list[str]
+    limit: int | None
+    precision: str
+
+
+class Bpb(FileShape):
+    val_bpb: float
+
+
+class TaskResult(FileShape):
+    metric: str
+    score: float
+    baseline: float
+    centered: float
+
+
+class EvalRecord(FileShape):
+    checkpoint: str
+    settings: Settings
+    bpb: Bpb | None
+    tasks: dict[str, TaskResult]
+    core: float | None
 
 
 def eval_file(path: Path) -> Path:
@@ -35,7 +57,7 @@ def read_eval(path: Path) -> dict:
     except (OSError, ValueError) as e:
         problem = f"not readable as JSON: {e}"
     else:
-        problem = shape_problem(record)
+        problem = shape_problem(record, EvalRecord)
     if problem is None:
         return record
     if (file.parent / "config.toml").is_file() and file.name == "eval.json":
@@ -43,34 +65,3 @@ def read_eval(path: Path) -> dict:
     else:
         hint = "expected an eval.json written by `mai eval`"
     raise MaiError(f"{file} is not an eval result ({problem}); {hint}")
-
-
-def shape_problem(record) -> str | None:
-    """What keeps `record` from being an eval record (a missing key, a wrong type), or None."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    missing = [key for key in KEYS if key not in record]
-    if missing:
-        return f"missing key {missing[0]!r}"
-    if not isinstance(record["settings"], dict) or not isinstance(record["tasks"], dict):
-        return "'settings' and 'tasks' must be objects"
-    missing = [key for key in SETTINGS if key not in record["settings"]]
-    if missing:
-        return f"'settings' is missing key {missing[0]!r}"
-    if record["core"] is not None and not _is_number(record["core"]):
-        return "'core' is not a number"
-    if record["bpb"] is not None and not (isinstance(record["bpb"], dict) and _is_number(record["bpb"].get("val_bpb"))):
-        return "'bpb' has no number 'val_bpb'"
-    for name, task in record["tasks"].items():
-        if not isinstance(task, dict):
-            return f"task {name!r} is not an object"
-        if not isinstance(task.get("metric"), str):
-            return f"task {name!r} has no 'metric' name"
-        for key in TASK_NUMBERS:
-            if not _is_number(task.get(key)):
-                return f"task {name!r} has no number {key!r}"
-    return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
