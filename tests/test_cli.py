@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -30,6 +31,12 @@ def test_model_info_reports_exact_counts():
     assert json.loads(run_mai("model", "info", "--preset", "llama3-8b", "--json").stdout)["params"] == 8_030_261_248
     text = run_mai("model", "info", "--preset", "tiny", "--set", "model.n_layers=2").stdout
     assert "parameters" in text and "FLOPs/token" in text
+
+
+def test_init_says_what_it_wrote_and_what_comes_next(tmp_path):
+    run = tmp_path / "r"
+    result = run_mai("init", str(run), "--preset", "small")
+    assert result.stdout == f"{run / 'config.toml'}: preset small; next `mai data prepare {run}`\n"
 
 
 def test_unknown_preset_and_key_are_one_line_errors(tmp_path):
@@ -85,7 +92,9 @@ def test_run_files_of_the_wrong_shape_are_one_line_errors(trained_run, tmp_path)
 
     meta_path = run.latest_checkpoint() / "meta.json"
     meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"step": "10"}))
-    assert_user_error(run_mai("generate", str(run.path), check=False), "meta.json", "step", "checkpoints/latest")
+    assert_user_error(
+        run_mai("generate", str(run.path), check=False), "meta.json", "step", "fall back to the checkpoint before it"
+    )
 
     run.samples_path.write_text(json.dumps({"checkpoint": "step_0000010", "samples": "none"}))
     run.manifest_path.unlink()
@@ -173,6 +182,22 @@ def test_corrupt_checkpoint_metadata(trained_run, tmp_path, garbage):
     run = copy_run(trained_run, tmp_path / "run")
     (run.latest_checkpoint() / "meta.json").write_bytes(garbage)
     assert_user_error(run_mai("generate", str(run.path), "--prompt", "x", check=False), "meta.json", "corrupt")
+
+
+def test_deleting_a_corrupt_checkpoint_as_advised_falls_back_to_the_one_before(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    latest = run.latest_checkpoint()
+    weights = latest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    for command in (["generate", str(run.path), "--prompt", "x"], ["train", str(run.path), "--resume"]):
+        assert_user_error(
+            run_mai(*command, check=False), "model.safetensors is corrupt", f"delete {latest} to fall back"
+        )
+    shutil.rmtree(latest)
+    assert run_mai("generate", str(run.path), "--prompt", "x", "--max-new-tokens", "3").stdout.startswith("x")
+    result = run_mai("train", str(run.path), "--resume")
+    assert "from step 20" in " ".join(result.stderr.split())
+    assert run.latest_checkpoint() == latest and (latest / "model.safetensors").is_file()
 
 
 FROZEN_INTERFACE = {

@@ -99,7 +99,9 @@ def init(
     from mai.pipeline import init_run
     from mai.run import RunDir
 
-    init_run(RunDir(run_dir), load_config(preset, set_ or []))
+    run, config = RunDir(run_dir), load_config(preset, set_ or [])
+    init_run(run, config)
+    _out(f"{run.config_path}: preset {config.preset}; next `mai data prepare {run.path}`\n")
 
 
 @config_app.command("show")

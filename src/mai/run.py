@@ -9,6 +9,7 @@ This is the one module that knows the layout every stage shares (see DESIGN.md):
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -64,11 +65,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str) -> None:
+def verify_sha256(path: Path, expected: str, remedy: str | None = None) -> None:
+    """Raise unless `path` exists with this sha256; `remedy` says what to do instead of rerunning its stage."""
     if not path.is_file():
-        raise MaiError(f"{path} is missing; rerun the stage that writes it")
+        raise MaiError(f"{path} is missing; {remedy or 'rerun the stage that writes it'}")
     if sha256_file(path) != expected:
-        raise MaiError(f"{path} is corrupt (sha256 mismatch); delete it and rerun the stage that writes it")
+        raise MaiError(
+            f"{path} is corrupt (sha256 mismatch); {remedy or 'delete it and rerun the stage that writes it'}"
+        )
+
+
+def checkpoint_remedy(checkpoint: Path) -> str:
+    return f"delete {checkpoint} to fall back to the checkpoint before it"
 
 
 def make_directory(path: Path) -> None:
@@ -136,9 +144,7 @@ class Manifest(FileShape):
 class CheckpointMeta(FileShape):
     """checkpoints/step_N/meta.json; an imported checkpoint has no data position or training state."""
 
-    remedy: ClassVar[str] = (
-        "restore it, or delete this checkpoint's folder and checkpoints/latest to fall back to the one before"
-    )
+    remedy: ClassVar[str] = "restore it, or delete this checkpoint's folder to fall back to the checkpoint before it"
 
     model: dict[str, Any]
     model_sha256: str
@@ -167,11 +173,11 @@ class Samples(FileShape):
 def read_json(path: Path, shape: type[FileShape] | None = None) -> Any:
     """The JSON at `path`, checked against `shape` when given (a file edited or from another version)."""
     if not path.is_file():
-        raise MaiError(f"{path} is missing; rerun the stage that writes it")
+        raise MaiError(f"{path} is missing; {shape.remedy if shape else 'rerun the stage that writes it'}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MaiError(f"{path} is corrupt ({e}); delete it and rerun the stage that writes it") from None
+        raise MaiError(f"{path} is corrupt ({e}); {(shape or FileShape).remedy}") from None
     problem = shape_problem(data, shape) if shape is not None else None
     if problem is not None:
         raise MaiError(f"{path} is not as mai writes it ({problem}); {shape.remedy}")
@@ -251,19 +257,25 @@ class RunDir:
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step_{step:07d}"
 
+    def newest_complete_checkpoint(self) -> Path | None:
+        saved = sorted(p for p in self.checkpoints_dir.glob("step_*") if (p / "meta.json").is_file())
+        return saved[-1] if saved else None
+
     def latest_checkpoint(self) -> Path | None:
         """The checkpoint named by checkpoints/latest, or None when training has not saved one.
 
-        Without `latest` the newest step_N is the latest: a crash can come between a checkpoint's
-        rename into place and the pointer's update, and a run whose pointer was deleted must not be
-        trained over from step 0.
+        Without `latest` the newest complete step_N is the latest: a crash can come between a
+        checkpoint's rename into place and the pointer's update, and a run whose pointer was deleted
+        must not be trained over from step 0. So it is when `latest` names a step_N that was deleted,
+        which is what a corrupt checkpoint's error advises.
         """
         latest = self.checkpoints_dir / "latest"
         if not latest.is_file():
-            saved = sorted(p for p in self.checkpoints_dir.glob("step_*") if (p / "meta.json").is_file())
-            return saved[-1] if saved else None
+            return self.newest_complete_checkpoint()
         name = latest.read_bytes().decode("utf-8", errors="replace").strip()
         path = self.checkpoints_dir / name
+        if re.fullmatch(r"step_\d+", name) and not path.exists():
+            return self.newest_complete_checkpoint()
         if not name.startswith("step_") or "/" in name or not path.is_dir():
             raise MaiError(
                 f"{latest} names {name!r}, not a checkpoint of this run; write the name of one of its "
@@ -328,7 +340,7 @@ def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
             "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
         )
     path = checkpoint / "model.safetensors"
-    verify_sha256(path, meta["model_sha256"])
+    verify_sha256(path, meta["model_sha256"], checkpoint_remedy(checkpoint))
     model.load_state_dict(load_file(path))
     return meta
 

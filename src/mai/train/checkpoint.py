@@ -19,6 +19,7 @@ from mai.run import (
     RunDir,
     atomic_write_json,
     atomic_write_text,
+    checkpoint_remedy,
     default_mode,
     load_model_weights,
     save_model_weights,
@@ -69,11 +70,13 @@ def load_checkpoint(checkpoint: Path, model, optimizer, scheduler, config) -> di
     meta = load_model_weights(checkpoint, model, config.model)
     if "train_state_sha256" not in meta:
         raise MaiError(f"{checkpoint} holds weights only (it was imported), not a training state to resume")
-    verify_sha256(checkpoint / "train_state.pt", meta["train_state_sha256"])
+    verify_sha256(checkpoint / "train_state.pt", meta["train_state_sha256"], checkpoint_remedy(checkpoint))
     try:
         state = torch.load(checkpoint / "train_state.pt", weights_only=False)
     except Exception as e:
-        raise MaiError(f"{checkpoint / 'train_state.pt'} cannot be read ({e}); delete the checkpoint") from None
+        raise MaiError(
+            f"{checkpoint / 'train_state.pt'} cannot be read ({e}); {checkpoint_remedy(checkpoint)}"
+        ) from None
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_states(state["rng"])
