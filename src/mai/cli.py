@@ -232,6 +232,8 @@ def generate(
     if top_p == 0:  # would keep no token at all; the server refuses it too
         raise MaiError("--top-p must be above 0 (1 keeps every token)", parameter="top_p")
     model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
+    if compile:
+        sys.stderr.write("compiling the decode step (--compile): 10-20 s before the first token\n")
     pieces = stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
     first = next(pieces, "")  # checks the prompt (its length too) before anything reaches stdout
     _out(prompt + first)
@@ -263,7 +265,7 @@ def serve(
         bool,
         typer.Option(
             "--compile",
-            help="CPU: decode through torch.compile, 10-20 s per batch-size bucket at start (CUDA: graphs).",
+            help="CPU: decode through torch.compile, 5-20 s per batch-size bucket at start (CUDA: graphs).",
         ),
     ] = False,
 ):
@@ -349,7 +351,13 @@ def eval_run(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16 autocast (faster on CPUs with native bf16).")] = "fp32",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (default: the same scores on any machine), bf16 autocast, or auto (bf16 where the CPU "
+            "or GPU computes it natively, as mai generate); eval.json records the one used."
+        ),
+    ] = "fp32",
     out: Annotated[
         Path | None,
         typer.Option(

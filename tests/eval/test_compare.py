@@ -129,3 +129,26 @@ def test_a_score_just_below_chance_prints_as_zero_not_minus_zero(tmp_path):
     runs = [write_run(tmp_path / "a", 0.249999), write_run(tmp_path / "b", 0.5)]
     table = compare(runs, tmp_path / "chart.png")
     assert "-0.0000" not in table and "+0.0000" in table
+
+
+def test_the_eval_table_heads_its_columns_as_the_report_does():
+    """eval.json's `baseline` is each task's chance score: both the table and report.md call it chance."""
+    from mai.eval.runner import format_table
+    from mai.report import _eval_section
+
+    record = eval_record(0.5)
+    record["tasks"]["arc_easy"] |= {"examples": 3, "examples_per_s": 1.0}
+    table = next(line for line in format_table(record).splitlines() if " task " in line)
+    report = next(line for line in _eval_section(record).splitlines() if line.startswith("| task "))
+    columns = [c.strip() for c in table.strip("┃ ").split("┃")]
+    assert (
+        columns[:5]
+        == [c.strip() for c in report.strip("| ").split("|")]
+        == [
+            "task",
+            "metric",
+            "score",
+            "chance",
+            "centred",
+        ]
+    )

@@ -5,6 +5,7 @@ import math
 import shutil
 
 import pytest
+import torch
 
 from conftest import run_mai
 from mai.config import apply_overrides
@@ -107,12 +108,30 @@ def test_eval_of_a_model_directory_writes_only_where_asked(trained_run, tmp_path
     assert sorted((tmp_path / "hf").iterdir()) == before
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_auto_scores_and_is_recorded_in_the_precision_it_resolves_to(
+    trained_run, tmp_path, monkeypatch, native_bf16
+):
+    """auto is bf16 where the hardware computes it natively, as for `mai generate`; eval.json names
+    the resolved precision, so records from different machines compare like with like."""
+    monkeypatch.setattr("mai.train.loop.cpu_has_native_bf16", lambda: native_bf16)
+    resolved = "bf16" if native_bf16 or torch.cuda.is_available() else "fp32"
+    logprobs = {}
+    for precision in ("auto", resolved):
+        out = tmp_path / precision / "eval.json"
+        record = evaluate(trained_run.path, ["arc_easy"], limit=2, precision=precision, out=out, bpb=False)
+        assert record["settings"]["precision"] == json.loads(out.read_text())["settings"]["precision"] == resolved
+        samples = out.with_name("eval_samples.jsonl").read_text().splitlines()
+        logprobs[precision] = [json.loads(line)["logprobs"] for line in samples]
+    assert logprobs["auto"] == logprobs[resolved]
+
+
 def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
     result = run_mai("eval", str(trained_run.path), "-t", "hellaswagg", check=False)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'hellaswagg'")
     for kwargs, phrase in [
         ({"limit": 0}, "--limit must be at least 1"),
-        ({"precision": "fp8"}, "--precision must be one of fp32, bf16"),
+        ({"precision": "fp8"}, "--precision must be one of fp32, bf16, auto, not 'fp8'"),
         ({"tasks": [""]}, "no tasks to evaluate"),
     ]:
         with pytest.raises(MaiError, match=phrase):

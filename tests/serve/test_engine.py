@@ -1,5 +1,6 @@
 """The batching engine in-process: rows join and leave mid-flight, outputs match decoding alone."""
 
+import re
 import threading
 
 import pytest
@@ -158,7 +159,12 @@ def test_a_failed_step_reports_one_error_to_each_unfinished_sequence_and_serving
 
 def test_compiled_decoding_gives_eager_greedy_output(loaded):
     model, tokenizer = loaded
-    engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8, compile=True).start()
+    lines = []  # compiling every bucket takes 5-20 s each: a line as each is done
+    engine = Engine(model, tokenizer, max_batch=3, max_context=128, max_waiting=8, compile=True, log=lines.append)
+    assert lines[0] == "compiling the decode step for batch sizes 1, 2, 3 (--compile)"
+    done = [re.fullmatch(r"compiled decode for batch (\d) \((\d)/3\) in \d+\.\d s", line) for line in lines[1:]]
+    assert [m and m.groups() for m in done] == [("1", "1"), ("2", "2"), ("3", "3")]
+    engine.start()
     prompts, lengths = ["ROMEO:", "JULIET: O", "To be, or not", "What light"], [20, 6, 14, 9]
     collectors = [Collector() for _ in prompts]
     decode_greedy(engine, tokenizer, prompts, lengths, collectors)

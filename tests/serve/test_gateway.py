@@ -223,6 +223,41 @@ fallbacks = [{{url = "{lagging.url}", model = "m-lagging"}}]
         lagging.server.should_exit = True
 
 
+def test_a_request_every_backend_failed_is_logged_too(tmp_path):
+    """The client's 502 is a usage line as well: no backend, the attempts in order, no tokens."""
+    down = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]  # nothing listens there: refused at once
+    process, url = start_gateway(
+        tmp_path,
+        f"""
+[models.down]
+backends = [{{url = "{down[0]}", model = "m-1"}}]
+fallbacks = [{{url = "{down[1]}", model = "m-2"}}]
+
+[keys.team-a]
+key_env = "KEY_A"
+""",
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="key-a", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            client.completions.create(model="down", prompt="x", max_tokens=1)
+        assert e.value.status_code == 502
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    [record] = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+    assert record.pop("time") > 0 and record.pop("seconds") >= 0
+    assert record == {
+        "key": "team-a",
+        "model": "down",
+        "backend": None,
+        "attempts": [f"{down[0]}#m-1", f"{down[1]}#m-2"],
+        "status": 502,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+    }
+
+
 def test_gateway_says_where_it_listens(gateway):
     url, usage_log = gateway
     assert f"mai gateway: {url} (models ab, stuck)" in (usage_log.parent / "gateway.log").read_text()

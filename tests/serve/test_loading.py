@@ -1,9 +1,16 @@
 """What `mai serve` loads: a run directory or a transformers export of it; user mistakes are one-line errors."""
 
+import re
+import sys
+
 import openai
+import pytest
 import torch
 
 from conftest import run_mai, smollm2_dir
+from mai.model.generate import decode_step
+from mai.serve import fixed_shapes
+from mai.serve import server as mai_server
 from serve.live_server import Server
 
 
@@ -58,3 +65,27 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
         result = run_mai(*args, check=False)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and phrase in lines[0], result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the server captures graphs as it goes: no compiling")
+def test_serve_compile_reports_each_batch_size_compiled_before_its_banner(trained_run, monkeypatch, capsys):
+    """`mai serve --compile` compiles each bucket (5-20 s on CPUs) before it listens; stderr says so as it goes.
+
+    Compiling is stubbed by the eager step, and uvicorn by its banner: test_engine compiles for real.
+    """
+
+    def eager(self, rows):
+        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
+
+    monkeypatch.setattr(fixed_shapes.CompiledDecode, "run", eager)
+    monkeypatch.setattr(mai_server, "map_large_allocations", lambda: None)  # glibc tuning for the server process
+    monkeypatch.setattr(mai_server, "run_app", lambda app, sock, hint, ready: print(ready, file=sys.stderr))
+    mai_server.serve(trained_run.path, "127.0.0.1", 0, None, 4, 64, 8, "fp32", compile=True)
+    *lines, banner = [re.sub(r"in \d+\.\d s$", "in N s", line) for line in capsys.readouterr().err.splitlines()]
+    assert lines == [
+        "mai serve: compiling the decode step for batch sizes 1, 2, 4 (--compile)",
+        "mai serve: compiled decode for batch 1 (1/3) in N s",
+        "mai serve: compiled decode for batch 2 (2/3) in N s",
+        "mai serve: compiled decode for batch 4 (3/3) in N s",
+    ]
+    assert banner.startswith("mai serve: http://127.0.0.1:")

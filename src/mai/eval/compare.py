@@ -82,7 +82,7 @@ def plot_comparison(records: dict[str, dict], tasks: list[str], path: Path) -> N
         baseline = next(r["tasks"][task]["baseline"] for r in records.values() if task in r["tasks"])
         ax.hlines(baseline, x - bar / 2, x + 0.8 - bar / 2, colors="black", linestyles="dotted")
     ax.set_xticks([x + 0.4 - bar / 2 for x in range(len(tasks))], tasks, rotation=30, ha="right")
-    ax.set(title="Evaluation (dotted: random baseline)", ylabel="score", ylim=(0, 1))
+    ax.set(title="Evaluation (dotted: chance)", ylabel="score", ylim=(0, 1))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -6,8 +6,8 @@
 Both run lm-eval's own command line after registering `mai` (lm-eval finds only the models of
 its own package by name, so the plain `lm_eval` command cannot see it). From Python,
 `import mai.eval.harness` is enough for `lm_eval.simple_evaluate(model="mai", ...)`.
-Model arguments: run (a run directory or a transformers/GGUF directory), precision (fp32 or
-bf16), batch_tokens. Scores come from the same `Scorer` as `mai eval`, so the two agree.
+Model arguments: run (a run directory or a transformers/GGUF directory), precision (fp32, bf16 or
+auto), batch_tokens. Scores come from the same `Scorer` as `mai eval`, so the two agree.
 """
 
 import sys

@@ -34,7 +34,7 @@ from mai.run import RunDir, atomic_write_json, atomic_write_text
 from mai.taskdata import Task, load_task, resolve_tasks
 
 console = Console(stderr=True)
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it natively, as `mai generate`
 
 
 def load_for_eval(path: Path, device: str = "cpu"):
@@ -54,7 +54,8 @@ def evaluate(
 ) -> dict:
     """Evaluate the model at `path` on `tasks` (names, suites or JSONL paths); return eval.json's record.
 
-    It is written to `out`, by default into `path` when that is a run directory.
+    It is written to `out`, by default into `path` when that is a run directory. The record's
+    settings hold the precision the scores were computed in: 'auto' resolved to fp32 or bf16.
     """
     if precision not in PRECISIONS:
         raise MaiError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", parameter="precision")
@@ -73,7 +74,7 @@ def evaluate(
         "model": str(path),
         "checkpoint": checkpoint,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {"limit": limit, "precision": precision, "tasks": names, "device": device},
+        "settings": {"limit": limit, "precision": scorer.precision, "tasks": names, "device": device},
         "bpb": evaluate_bpb(run, scorer) if bpb and run is not None and run.manifest_path.is_file() else None,
         "tasks": {},
     }
@@ -245,7 +246,7 @@ def normalize_answer(text: str) -> str:
 def format_table(record: dict) -> str:
     """eval.json as a fixed-width table (what `mai eval` prints)."""
     table = Table(title=f"{record['model']} ({record['checkpoint']})", title_justify="left")
-    for column in ("task", "metric", "score", "baseline", "centred", "n", "ex/s"):
+    for column in ("task", "metric", "score", "chance", "centred", "n", "ex/s"):  # chance: eval.json's baseline
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for name, t in record["tasks"].items():
         rate = f"{t['examples_per_s']:.1f}" if t["examples_per_s"] else "-"

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 from mai.model.generate import generate
+from mai.train.loop import resolve_precision
 
 LOGIT_BUDGET = 1 << 27  # logits per forward pass (B·T·V): 512 MiB in fp32
 PAD_LIMIT = 0.75  # a row shorter than this fraction of its batch's longest starts a new batch
@@ -29,8 +30,12 @@ PAD_LIMIT = 0.75  # a row shorter than this fraction of its batch's longest star
 
 class Scorer:
     def __init__(self, model, tokenizer, precision: str = "fp32", batch_tokens: int | None = None):
-        self.model, self.tokenizer, self.precision = model, tokenizer, precision
+        """precision: fp32, bf16 (autocast over fp32 weights), or auto: bf16 where the device computes it
+        natively (CUDA, AVX512-BF16 or AMX CPUs), as training and `mai generate` resolve it. The resolved
+        one is self.precision, which eval.json records."""
+        self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
         self.max_len = model.config.max_seq_len
         vocab = model.config.vocab_size
         self.batch_tokens = batch_tokens or max(self.max_len, min(16384, LOGIT_BUDGET // vocab))

@@ -130,9 +130,17 @@ class Engine:
     """Continuous batching of sequences over `model`, on a background thread started by start()."""
 
     def __init__(
-        self, model: Transformer, tokenizer, max_batch: int, max_context: int, max_waiting: int, compile: bool = False
+        self,
+        model: Transformer,
+        tokenizer,
+        max_batch: int,
+        max_context: int,
+        max_waiting: int,
+        compile: bool = False,
+        log: Callable[[str], None] = lambda line: None,
     ):
-        """compile: on CPUs, decode through a compiled graph per batch-size bucket, all compiled here, now."""
+        """compile: on CPUs, decode through a compiled graph per batch-size bucket, all compiled here, now,
+        with a line to `log` as each bucket is done."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -148,7 +156,7 @@ class Engine:
         elif compile:
             self.fixed = CompiledDecode(model, self.cache, self.lengths)
             with torch.inference_mode():
-                self.fixed.compile_all()
+                self.fixed.compile_all(log)
         self.running: list[Sequence] = []
         self.waiting: deque[Sequence] = deque()
         self.wake = threading.Condition()

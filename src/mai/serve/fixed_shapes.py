@@ -9,6 +9,9 @@ reading its tokens and lengths from buffers that stay in place; the rows past th
 computed and ignored.
 """
 
+import time
+from collections.abc import Callable
+
 import torch
 
 from mai.model.generate import compiled_decode_step, decode_step
@@ -76,14 +79,19 @@ class CompiledDecode(FixedShapeDecode):
     def run(self, rows: int) -> torch.Tensor:
         return compiled_decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
 
-    def compile_all(self) -> None:
-        """Compile every bucket now (10-20 s each on CPUs), so that no request waits for it later.
+    def compile_all(self, log: Callable[[str], None] = lambda line: None) -> None:
+        """Compile every bucket now (5-20 s each on CPUs), so that no request waits for it later.
 
-        Each bucket decodes position 0 of its idle rows, which prefill overwrites before use.
+        Each bucket decodes position 0 of its idle rows, which prefill overwrites before use. `log`
+        gets a line before the first bucket and one as each is compiled, for the silence at start-up.
         """
+        buckets = self.buckets()
         # dynamo keeps recompile_limit (8) graphs per function and runs any further shape eagerly
         limit = torch._dynamo.config.recompile_limit
-        torch._dynamo.config.recompile_limit = max(limit, len(self.buckets()) + 1)
-        for rows in self.buckets():
+        torch._dynamo.config.recompile_limit = max(limit, len(buckets) + 1)
+        log(f"compiling the decode step for batch sizes {', '.join(map(str, buckets))} (--compile)")
+        for i, rows in enumerate(buckets, 1):
+            started = time.perf_counter()
             self.lengths[:rows].zero_()
             self.run(rows)
+            log(f"compiled decode for batch {rows} ({i}/{len(buckets)}) in {time.perf_counter() - started:.1f} s")

@@ -3,8 +3,9 @@
 Each model alias routes to weighted backends (smooth weighted round-robin, so a 3:1 split is
 exactly 3:1) and then to ordered fallbacks; a backend that errs (connection failure, timeout, 429
 or 5xx) passes the request to the next. Client keys (Bearer, values read from environment
-variables) carry token quotas; every answered request is appended to a JSONL usage log, and
-/metrics counts requests, tokens and latency per backend. An example config:
+variables) carry token quotas; every request that reached the backends (answered, or a 502 when
+all of them failed) is appended to a JSONL usage log, and /metrics counts requests, tokens and
+latency per backend. An example config:
 
     port = 9000
     usage_log = "gateway_usage.jsonl"
@@ -74,7 +75,7 @@ class ClientKey(Section):
 class GatewayConfig(Section):
     host: str = "127.0.0.1"
     port: int = 9000
-    usage_log: str = Field("gateway_usage.jsonl", description="JSONL file, one line per answered request.")
+    usage_log: str = Field("gateway_usage.jsonl", description="JSONL file, one line per request sent to backends.")
     models: dict[str, Route] = Field(min_length=1, description="Model alias → route.")
     keys: dict[str, ClientKey] = Field({}, description="Client key name → key and quota.")
 
@@ -105,7 +106,7 @@ def check_backend_keys(config: GatewayConfig) -> None:
 
 
 def check_usage_log(usage_log: str) -> None:
-    """The usage log can be appended to now, rather than each answered request failing to log later."""
+    """The usage log can be appended to now, rather than each request failing to log later."""
     path = Path(usage_log)
     if path.is_dir():
         problem = "is a directory"
@@ -174,6 +175,23 @@ class GatewayMetrics:
         self.tokens = Counter("mai_gateway_tokens", "Tokens through each backend", ["backend", "kind"], registry=r)
         self.latency = Histogram("mai_gateway_latency_seconds", "Backend response time", ["backend"], registry=r)
         self.fallbacks = Counter("mai_gateway_fallbacks", "Requests passed to a later backend", ["model"], registry=r)
+
+
+def usage_line(
+    key: str, alias: str, backend: str | None, attempts: list[str], status: int, usage: dict, start: float
+) -> dict:
+    """A usage log record; `backend` is None (and the tokens 0) when every backend failed."""
+    return {
+        "time": time.time(),
+        "key": key,
+        "model": alias,
+        "backend": backend,
+        "attempts": attempts,
+        "status": status,
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "seconds": round(time.perf_counter() - start, 4),  # from the first attempt to the answer's last byte
+    }
 
 
 def not_a_json_number(constant: str):
@@ -252,6 +270,7 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             if response is not None:
                 return await answer(response, backend, body, alias, client_name, attempts, start)
         message = f"every backend of {alias!r} failed ({', '.join(attempts)}); see /metrics"
+        log_usage(usage_line(client_name, alias, None, attempts, 502, {}, start))  # no backend answered
         return error_response(502, message, "server_error")
 
     async def attempt(backend: Backend, path: str, body: dict, timeout_s: float) -> httpx.Response | None:
@@ -282,19 +301,7 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             metrics.tokens.labels(backend.name, "prompt").inc(prompt)
             metrics.tokens.labels(backend.name, "completion").inc(completion)
             quotas.spend(client_name, prompt + completion)
-            log_usage(
-                {
-                    "time": time.time(),
-                    "key": client_name,
-                    "model": alias,
-                    "backend": backend.name,
-                    "attempts": attempts,
-                    "status": response.status_code,
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "seconds": round(time.perf_counter() - start, 4),
-                }
-            )
+            log_usage(usage_line(client_name, alias, backend.name, attempts, response.status_code, usage, start))
 
         if not body.get("stream") or response.status_code != 200:
             content = await response.aread()

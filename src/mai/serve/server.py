@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import json
 import os
+import sys
 import threading
 import time
 import uuid
@@ -491,6 +492,11 @@ def map_large_allocations(threshold: int = 64 * 1024) -> None:
     libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
+def say(line: str) -> None:
+    """A progress line on stderr, where the start banner goes too."""
+    print(f"mai serve: {line}", file=sys.stderr, flush=True)
+
+
 def serve(
     path: Path,
     host: str,
@@ -522,7 +528,7 @@ def serve(
                 parameter="max_context",
             )
         context = max_context or context
-        engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile).start()
+        engine = Engine(model, tokenizer, max_batch, context, max_waiting, compile, log=say).start()
         settings = Settings(path.resolve().name, api_key)
         try:
             kv_cache = sum(t.nbytes for t in (*engine.cache.k, *engine.cache.v)) / 1e9
