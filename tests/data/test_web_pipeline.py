@@ -16,6 +16,7 @@ import pytest
 
 from conftest import run_mai
 from mai.data.corpus import bible
+from mai.data.pipeline import STAGE_ORDER
 from mai.data.prepare import read_documents
 from mai.run import RunDir
 
@@ -103,10 +104,11 @@ def web_run(tmp_path_factory):
     run_mai(
         "init", str(run.path), "--preset", "tiny", "--set", f"data.sources={sources}", "--set", "model.vocab_size=2048"
     )
-    run_mai("data", "prepare", str(run.path))
+    prepared = run_mai("data", "prepare", str(run.path))
     kept = dict(read_documents(run.data_dir / "work" / "clean"))
     return {
         "run": run,
+        "stderr": prepared.stderr,
         "kept": kept,
         "distinct": distinct,
         "exact": exact,
@@ -170,6 +172,13 @@ def test_bad_files_are_skipped_with_a_reason(web_run):
     truncated = rejected(web_run["run"], "read_web")
     assert [r["metadata"]["filter_reason"] for r in truncated] == ["unreadable"]
     assert truncated[0]["id"].endswith("truncated.jsonl.gz")
+
+
+def test_console_gets_one_line_per_stage_even_from_dedup_workers(web_run):
+    # exact dedup's filter draws a bare tqdm bar per task in each worker process when duplicates exist
+    assert [line.split(",")[0] for line in web_run["stderr"].splitlines()] == [
+        f"data: {stage}" for stage in (*STAGE_ORDER, "shards")
+    ], web_run["stderr"]
 
 
 def test_stats_table_reports_every_step(web_run):

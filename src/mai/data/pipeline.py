@@ -9,12 +9,17 @@ datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console g
 stage, and a task's errors.
 """
 
+import difflib
+import functools
 import gzip
+import importlib.util
+import inspect
 import json
 import shutil
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor
@@ -63,6 +68,11 @@ STAGE_ORDER = (
 console = Console(stderr=True)
 
 
+def say(line: str) -> None:
+    """One console line, as written: not wrapped at the console's width, no markup, no highlighting."""
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
 def normalized_text(doc) -> str:
     """Exact-duplicate key: lower-cased text with runs of whitespace collapsed."""
     return " ".join(doc.text.lower().split())
@@ -74,19 +84,109 @@ def console_logs_warnings_only() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
+@contextmanager
+def tqdm_bars(enabled: bool):
+    """Turn off every tqdm bar made without an explicit `disable` while the block runs, unless enabled.
+
+    datatrove's dedup steps draw bars with no switch to turn them off ("Initializing pq...",
+    "Reading dup files", exact dedup's bare 0/1 bars); readers take `doc_progress`, which
+    `progress_bars()` already sets. tqdm's own TQDM_DISABLE variable is read once, when tqdm is
+    imported, which in this process happened long before.
+    """
+    from tqdm import tqdm
+
+    if enabled:
+        yield
+        return
+    init = vars(tqdm)["__init__"]
+    tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.__init__ = init
+
+
 class LocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor with each task's console output cut to errors.
+    """datatrove's local executor with each task's console output cut to one line per stage and errors.
 
     datatrove prints a task's INFO logs and stats (dozens of lines per task) to the console only
     for local_rank 0, which is all that local_rank is used for; every task here runs as 1, so its
-    full log lands in the stage's logs/ folder alone.
+    full log lands in the stage's logs/ folder alone. Progress bars are drawn on a terminal only,
+    decided here, in the process that owns the console, and applied in whichever process runs a task.
     """
+
+    progress_bars = True  # set by Stages.executor; travels with the executor to the worker processes
 
     def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1):
         try:
-            return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
+            with tqdm_bars(self.progress_bars):
+                return super()._run_for_rank(rank, local_rank=1, node_rank=node_rank)
         finally:
             console_logs_warnings_only()  # datatrove puts its DEBUG console handler back after each task
+
+
+def executor_class(executor: str) -> type:
+    from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
+
+    return {"local": LocalPipelineExecutor, "slurm": SlurmPipelineExecutor, "ray": RayPipelineExecutor}[executor]
+
+
+# The executor arguments mai sets itself, per executor, and from what.
+SET_BY_MAI = {
+    "local": {"pipeline": "each stage", "tasks": "data.tasks", "logging_dir": "each stage", "workers": "data.workers"},
+    "slurm": {
+        "pipeline": "each stage",
+        "tasks": "data.tasks",
+        "logging_dir": "each stage",
+        "job_name": "each stage",
+        "depends": "each stage",
+    },
+    "ray": {"pipeline": "each stage", "tasks": "data.tasks", "logging_dir": "each stage"},
+}
+
+
+def check_executor(config: DataConfig) -> None:
+    """Refuse an executor that cannot start, or options its class does not take, before any pipeline work.
+
+    Otherwise each would fail at the first stage with datatrove's traceback: sbatch not found, ray
+    not importable, or a TypeError from the executor's __init__.
+    """
+    name, ours = config.executor, SET_BY_MAI[config.executor]
+    parameters = inspect.signature(executor_class(name).__init__).parameters
+    options = [p for p in parameters if p != "self" and p not in ours]
+    for key in config.executor_options:
+        if key in ours:
+            source = f"from {ours[key]}" if ours[key].startswith("data.") else f"for {ours[key]}"
+            raise MaiError(
+                f"data.executor_options: {key} is set by mai {source}; remove it", parameter="data.executor_options"
+            )
+        if key not in options:
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MaiError(
+                f"data.executor_options: the {name} executor has no option {key!r}{hint}; "
+                f"its options are {', '.join(options)}",
+                parameter="data.executor_options",
+            )
+    required = [p for p in options if parameters[p].default is inspect.Parameter.empty]
+    missing = [p for p in required if p not in config.executor_options]
+    if missing:
+        raise MaiError(
+            f"data.executor = {name!r} needs {', '.join(missing)} in data.executor_options",
+            parameter="data.executor_options",
+        )
+    if name == "slurm" and shutil.which("sbatch") is None:
+        raise MaiError(
+            "data.executor = 'slurm' needs Slurm's sbatch on PATH, and it is not there; run this on a machine "
+            "that submits Slurm jobs, or set data.executor = 'local'",
+            parameter="data.executor",
+        )
+    if name == "ray" and importlib.util.find_spec("ray") is None:
+        raise MaiError(
+            "data.executor = 'ray' needs the ray package, which is not installed; `pip install ray`, "
+            "or set data.executor = 'local'",
+            parameter="data.executor",
+        )
 
 
 class Stages:
@@ -94,6 +194,8 @@ class Stages:
 
     def __init__(self, data_dir: Path, config: DataConfig):
         self.work, self.rejected, self.config = data_dir / "work", data_dir / "rejected", config
+        self.ran: list[str] = []  # the stages that had tasks left to run
+        self.submitted = None  # the Slurm executor of the last stage submitted, which the next depends on
 
     def folder(self, name: str) -> str:
         return str(self.work / name)
@@ -109,33 +211,42 @@ class Stages:
         options = dict(self.config.executor_options)
         if self.config.executor == "local":
             workers = min(self.config.workers or tasks, tasks)
-            return LocalExecutor(**common, workers=workers, **options)
-        if self.config.executor == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
-            return SlurmPipelineExecutor(**common, job_name=f"mai-{stage}", **options)
-        from datatrove.executor import RayPipelineExecutor
-
-        return RayPipelineExecutor(**common, **options)
+            executor = LocalExecutor(**common, workers=workers, **options)
+            executor.progress_bars = progress_bars()
+            return executor
+        if self.config.executor == "slurm":  # each stage's job waits for the one submitted before it
+            return executor_class("slurm")(**common, job_name=f"mai-{stage}", depends=self.submitted, **options)
+        return executor_class("ray")(**common, **options)
 
     def run(self, stage: str, pipeline: list, tasks: int | None = None) -> None:
         """Run one stage, skipping the tasks a previous run finished, and say so in one line."""
         tasks = tasks or self.config.tasks
-        if self.complete(stage, tasks):
-            console.print(f"data: {stage} done before, skipped")
+        done = self.completed_tasks(stage)
+        if done >= tasks:
+            say(f"data: {stage} done before, skipped")
             return
         console_logs_warnings_only()
         started = time.perf_counter()
-        self.executor(stage, pipeline, tasks).run()
+        executor = self.executor(stage, pipeline, tasks)
+        executor.run()
+        self.ran.append(stage)
+        if self.config.executor == "slurm":
+            self.submitted = executor
         count = f"{tasks} task" + "s" * (tasks > 1)
+        if done:
+            count = f"{tasks - done} of {count}"
         if self.config.executor == "local":
-            console.print(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s")
+            say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s")
         else:
-            console.print(f"data: {stage}, {count} submitted to {self.config.executor}")
+            say(f"data: {stage}, {count} submitted to {self.config.executor}")
 
     def complete(self, stage: str, tasks: int | None = None) -> bool:
+        return self.completed_tasks(stage) >= (tasks or self.config.tasks)
+
+    def completed_tasks(self, stage: str) -> int:
+        """How many of a stage's tasks have datatrove's completion marker."""
         completions = self.logs(stage) / "completions"
-        return completions.is_dir() and len(list(completions.iterdir())) >= (tasks or self.config.tasks)
+        return len(list(completions.iterdir())) if completions.is_dir() else 0
 
     def reader(self, folder: str) -> JsonlReader:
         return JsonlReader(self.folder(folder), glob_pattern="*.jsonl.gz", doc_progress=progress_bars())
@@ -264,11 +375,7 @@ def run_stages(stages: Stages, eval_texts) -> str:
     return "clean"
 
 
-def reset_if_config_changed(stages: Stages, fingerprint: str) -> None:
-    """Completion markers are only valid for the config that made them: start over when it changes."""
-    marker = stages.work / "config.json"
-    if marker.is_file() and marker.read_text() != fingerprint:
-        shutil.rmtree(stages.work)
-        shutil.rmtree(stages.rejected, ignore_errors=True)
-    stages.work.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
+def reset_pipeline(stages: Stages) -> None:
+    """Delete every stage's outputs, logs and completion markers, and the rejects: made with other settings."""
+    shutil.rmtree(stages.work, ignore_errors=True)
+    shutil.rmtree(stages.rejected, ignore_errors=True)

@@ -3,51 +3,265 @@
 Writes into the run directory: data/work/ (stage outputs, logs, completion markers),
 data/rejected/<step>.jsonl (every dropped document or unreadable file with its reason),
 tokenizer.json, data/shards/*.bin and, last, data/manifest.json, so a run with a manifest has
-complete, checksummed data. A rerun after a crash skips the tasks that finished.
+complete, checksummed data. A rerun after a crash skips the tasks that finished; after a change of
+settings it redoes what they change (see `prepare_data`).
 """
 
 import gzip
 import json
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from mai.config import RunConfig
 from mai.data.filters import check_languages
-from mai.data.pipeline import Stages, refuse_too_few_documents, reset_if_config_changed, run_stages
+from mai.data.pipeline import (
+    Stages,
+    check_executor,
+    refuse_too_few_documents,
+    reset_pipeline,
+    run_stages,
+    say,
+)
 from mai.data.readers import check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
-from mai.run import RunDir, atomic_write_json, load_tokenizer, save_tokenizer, sha256_file
+from mai.run import (
+    CheckpointMeta,
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    load_tokenizer,
+    read_json,
+    save_tokenizer,
+    sha256_file,
+)
 from mai.tokenizer import check_vocab_size, train_tokenizer
+
+# Settings that decide how and where tasks run, not what they write: changing them redoes nothing.
+HOW_TO_RUN = ("workers", "executor", "executor_options")
+# Data settings that only the shards read, besides each source's mixture weight.
+SHARD_SETTINGS = ("val_fraction", "shard_tokens")
 
 
 def prepare_data(run: RunDir, config: RunConfig) -> dict:
-    """Run the whole data stage; return the manifest."""
+    """Run the whole data stage, or what of it is not done yet; return the manifest.
+
+    A rerun redoes from the first step whose settings changed since the last run (the pipeline,
+    the tokenizer, or the shards) and says so in one line; it rewrites the shards a deletion or
+    corruption broke. A run with a checkpoint keeps the data and tokenizer it was trained on: it
+    may only finish or repair them, never change them.
+    """
     started = time.time()
     check_vocab_size(config.model.vocab_size)
     check_languages(config.data.languages)
     check_source_files(config.data.sources)
+    check_executor(config.data)
     stages = Stages(run.data_dir, config.data)
-    fingerprint = json.dumps(
-        {
-            "data": config.data.model_dump(),
-            "tokenizer": config.tokenizer.model_dump(),
-            "vocab_size": config.model.vocab_size,
-        },
-        sort_keys=True,
-    )
-    reset_if_config_changed(stages, fingerprint)
+    settings = data_settings(config)
+    plan = plan_preparation(run, stages, settings)
+    if plan.message:
+        say(plan.message)
+    if plan.redo is not None:
+        run.manifest_path.unlink(missing_ok=True)  # first: a manifest lists complete, checksummed data only
+        if plan.redo == "pipeline":
+            reset_pipeline(stages)
+        for folder in (stages.logs("shards"), stages.work / "shard_summaries", run.shards_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+    record_settings(stages, settings)
     clean = run_stages(stages, evaluation_texts())
-    doc_ids, sample = scan_documents(stages.work / clean, config.tokenizer.sample_mb * 1e6)
-    if len(doc_ids) < 2:
-        refuse_too_few_documents(stages, len(doc_ids))
-    tokenizer = train_tokenizer(sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids))
-    save_tokenizer(tokenizer, run.path)
-    write_shards(run, stages, clean, val_threshold(doc_ids, config.data.val_fraction, config.data.seed))
+    repaired = repair_shards(run, stages)
+    if stages.complete("shards"):
+        say("data: shards done before, skipped")
+    else:
+        sample_bytes = config.tokenizer.sample_mb * 1e6 if plan.train_tokenizer else 0
+        doc_ids, sample = scan_documents(stages.work / clean, sample_bytes)
+        if len(doc_ids) < 2:
+            refuse_too_few_documents(stages, len(doc_ids))
+        if plan.train_tokenizer:
+            whole_corpus = len(sample) == len(doc_ids)
+            save_tokenizer(train_tokenizer(sample, config.model.vocab_size, whole_corpus=whole_corpus), run.path)
+        write_shards(run, stages, clean, val_threshold(doc_ids, config.data.val_fraction, config.data.seed))
+        if not stages.complete("shards"):
+            raise MaiError(
+                f"the shard jobs were submitted to {config.data.executor} and are not finished; "
+                "rerun `mai data prepare` when they are (finished tasks are skipped)"
+            )
+    if not stages.ran and not repaired and run.manifest_path.is_file():
+        try:
+            return run.read_manifest()  # nothing was redone: the manifest, and its timing, stand
+        except MaiError:
+            pass  # an unreadable manifest is written again below
     stages.merge_rejects()
     manifest = build_manifest(run, config, stages, time.time() - started)
     atomic_write_json(run.manifest_path, manifest)
     return manifest
+
+
+def data_settings(config: RunConfig) -> dict:
+    """Every setting the data stage reads, as recorded in data/work/config.json."""
+    return {
+        "data": config.data.model_dump(),
+        "tokenizer": config.tokenizer.model_dump(),
+        "vocab_size": config.model.vocab_size,
+    }
+
+
+def settings_by_step(settings: dict) -> dict[str, dict]:
+    """Recorded settings by dotted name, grouped by the first step that reads them.
+
+    The pipeline's stages read data settings; the tokenizer is trained on their output; the shards
+    take both. A change redoes its step and those after it.
+    """
+    data = {k: v for k, v in settings["data"].items() if k not in HOW_TO_RUN}
+    shards = {f"data.{k}": data.pop(k, None) for k in SHARD_SETTINGS}
+    data["sources"] = [dict(source) for source in data["sources"]]
+    for source in data["sources"]:
+        shards[f"data.sources[{source['name']}].weight"] = source.pop("weight", None)
+    tokenizer = {f"tokenizer.{k}": v for k, v in settings["tokenizer"].items()}
+    return {
+        "pipeline": {f"data.{k}": v for k, v in data.items()},
+        "tokenizer": tokenizer | {"model.vocab_size": settings["vocab_size"]},
+        "shards": shards,
+    }
+
+
+def recorded_settings(stages: Stages) -> dict | None:
+    """The settings data/work was made with, or None when there is no readable record of them."""
+    try:
+        settings = json.loads((stages.work / "config.json").read_text())
+        settings_by_step(settings)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return settings
+
+
+def record_settings(stages: Stages, settings: dict) -> None:
+    text = json.dumps(settings, sort_keys=True)
+    marker = stages.work / "config.json"
+    if not marker.is_file() or marker.read_text() != text:
+        stages.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, text)
+
+
+@dataclass
+class Plan:
+    """What a rerun redoes: from `redo` ("pipeline", "tokenizer", "shards") on, or only unfinished tasks (None)."""
+
+    redo: str | None
+    train_tokenizer: bool
+    message: str | None = None
+
+
+def plan_preparation(run: RunDir, stages: Stages, settings: dict) -> Plan:
+    """Decide what the settings and the files on disk leave to redo, changing nothing.
+
+    Refuses, on a run with a checkpoint, anything that would give it other data or another tokenizer.
+    """
+    recorded = recorded_settings(stages)
+    changed = {step: [] for step in ("pipeline", "tokenizer", "shards")}
+    if recorded is not None:
+        old, new = settings_by_step(recorded), settings_by_step(settings)
+        for step, names in changed.items():
+            names += sorted(k for k in old[step].keys() | new[step].keys() if old[step].get(k) != new[step].get(k))
+    redo = "pipeline" if recorded is None else next((step for step, names in changed.items() if names), None)
+    keys = ", ".join(name for names in changed.values() for name in names)
+    checkpoint = run.latest_checkpoint()
+    tokenizer_problem = check_tokenizer_files(run, recorded_tokenizer_sha256(run, checkpoint))
+    if checkpoint is not None:
+        if redo is not None:
+            why = (
+                f"settings changed since they were prepared ({keys})"
+                if keys
+                else "data/work/config.json, the record of the settings they were prepared with, is missing or unreadable"
+            )
+            raise MaiError(
+                f"{run.path} has {checkpoint.name}, trained on its data and tokenizer; {why}, and preparing "
+                f"again would replace them: restore {run.config_path.name}, or try the new settings in a new run "
+                "directory (`mai init`)"
+            )
+        if tokenizer_problem:
+            raise MaiError(
+                f"{tokenizer_problem} ({checkpoint.name} was trained with the original), and preparing the data "
+                "again would train a new one; restore the original, or use a new run directory (`mai init`)"
+            )
+        return Plan(None, train_tokenizer=False)  # finish or repair the shards with the tokenizer it has
+    shards_started = stages.completed_tasks("shards") > 0
+    if redo == "pipeline":
+        message = f"data: data settings changed ({keys}), rerunning the pipeline" if keys else None
+        if not keys and stages.work.exists():
+            message = "data: data/work has no record of the settings it was made with, rerunning the pipeline"
+        return Plan("pipeline", train_tokenizer=True, message=message)
+    if redo == "tokenizer":
+        message = f"data: tokenizer settings changed ({keys}), retraining the tokenizer and rewriting shards"
+        return Plan("tokenizer", train_tokenizer=True, message=message)
+    if tokenizer_problem and shards_started:
+        message = f"data: {tokenizer_problem}, retraining the tokenizer and rewriting shards"
+        return Plan("tokenizer", train_tokenizer=True, message=message)
+    # Before the first shard task, the tokenizer.json there may be one that other settings left.
+    train = bool(tokenizer_problem) or not shards_started
+    if redo == "shards":
+        return Plan("shards", train, f"data: shard settings changed ({keys}), rewriting shards")
+    return Plan(None, train)
+
+
+def check_tokenizer_files(run: RunDir, expected_sha256: str | None) -> str | None:
+    """What is wrong with the run's tokenizer files, or None: missing, or not the recorded tokenizer."""
+    for path in (run.tokenizer_path, run.path / "tokenizer_config.json"):
+        if not path.is_file():
+            return f"{path.name} is missing"
+    if expected_sha256 not in (None, sha256_file(run.tokenizer_path)):
+        return "tokenizer.json is not the one the shards were made with"
+    return None
+
+
+def recorded_tokenizer_sha256(run: RunDir, checkpoint: Path | None) -> str | None:
+    """The sha256 of the tokenizer the shards were made with (manifest), or the model trained with."""
+    if run.manifest_path.is_file():
+        try:
+            return run.read_manifest()["tokenizer_sha256"]
+        except MaiError:
+            pass  # an unreadable manifest is written again
+    if checkpoint is not None:
+        return read_json(checkpoint / "meta.json", CheckpointMeta)["tokenizer_sha256"]
+    return None
+
+
+def repair_shards(run: RunDir, stages: Stages) -> list[str]:
+    """Mark each shard task whose shard is missing or corrupt as not done, so that the shards stage
+    writes it again (the same bytes: same documents, tokenizer and seed); return those tasks.
+
+    datatrove's completion markers say only that a task finished once; `mai train` checks each shard's
+    sha256 and tells the user to delete a corrupt one and rerun this stage.
+    """
+    completions = stages.logs("shards") / "completions"
+    broken, redo = [], []
+    for marker in sorted(completions.iterdir()) if completions.is_dir() else []:
+        summary = stages.work / "shard_summaries" / f"{marker.name}.json"
+        try:
+            shards = json.loads(summary.read_text())["shards"]
+        except (OSError, ValueError, KeyError, TypeError):
+            redo.append(marker)  # its summary is gone, so which shards it wrote is unknown
+            continue
+        bad = [s["path"] for s in shards if not intact(run.data_dir / s["path"], s["sha256"])]
+        if bad:
+            broken += bad
+            redo.append(marker)
+    if broken:
+        them = "it" if len(broken) == 1 else "them"
+        say(
+            f"data: {len(broken)} shard{'s' * (len(broken) > 1)} missing or corrupt ({', '.join(sorted(broken))}), "
+            f"rewriting {them}"
+        )
+    for marker in redo:
+        marker.unlink()
+    return [marker.name for marker in redo]
+
+
+def intact(path: Path, sha256: str) -> bool:
+    return path.is_file() and sha256_file(path) == sha256
 
 
 def evaluation_texts():
