@@ -145,10 +145,11 @@ def test_corrupt_shard_is_named_and_nothing_is_overwritten(trained_run, tmp_path
     data[len(data) // 2] ^= 0x01
     shard.write_bytes(bytes(data))
     before = snapshot(run.path)
-    assert_user_error(
-        run_mai("train", str(run.path), "--resume", "--set", "train.steps=40", check=False), shard.name, "corrupt"
-    )
+    result = run_mai("train", str(run.path), "--resume", "--set", "train.steps=40", check=False)
+    assert_user_error(result, shard.name, "corrupt", f"rerun `mai data prepare {run.path}`")
     assert snapshot(run.path) == before
+    run_mai("data", "prepare", str(run.path))  # as the error says: the shard is written again
+    run.read_tokens("train")
 
 
 def test_tokenizer_that_does_not_match_the_model(trained_run, tmp_path):

@@ -248,7 +248,7 @@ class RunDir:
         for shard in manifest["shards"]:
             if shard["split"] == split:
                 path = self.data_dir / shard["path"]
-                verify_sha256(path, shard["sha256"])
+                verify_sha256(path, shard["sha256"], f"rerun `mai data prepare {self.path}`, which rewrites it")
                 arrays.append(np.memmap(path, dtype=manifest["dtype"], mode="r"))
         if not arrays:
             raise MaiError(f"{self.manifest_path} lists no {split} shards; rerun `mai data prepare {self.path}`")
