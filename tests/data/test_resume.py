@@ -2,13 +2,15 @@
 datatrove's logs out of the console."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
 
 from conftest import FAST, MAI, run_mai
 from mai.config import load_config
-from mai.data.pipeline import STAGE_ORDER
+from mai.data.pipeline import STAGE_ORDER, Stages
+from mai.data.stats import step_table
 from mai.pipeline import init_run
 from mai.run import RunDir
 
@@ -66,3 +68,13 @@ def test_kill_9_mid_pipeline_then_rerun(prepared_run, tmp_path):
     run_mai("data", "prepare", str(run.path))
     assert shard_digests(run) == shard_digests(prepared_run)
     assert {p: p.stat().st_mtime_ns for p in before} == before, "finished tasks were redone"
+
+
+def test_step_counts_cover_tasks_finished_before_a_kill(prepared_run, tmp_path):
+    """datatrove's stats.json sums only the tasks of its last invocation; the table sums every task's own file."""
+    config = prepared_run.read_config().data
+    shutil.copytree(prepared_run.data_dir / "work" / "logs", tmp_path / "work" / "logs")
+    for stats in (tmp_path / "work" / "logs").glob("*/stats.json"):
+        shutil.copy(max((stats.parent / "stats").glob("*.json")), stats)  # as if the others ran before a kill
+    table = step_table(Stages(tmp_path, config))
+    assert table == step_table(Stages(prepared_run.data_dir, config)) == prepared_run.read_manifest()["steps"]

@@ -1,6 +1,9 @@
 """Per-step statistics of the data pipeline, read from each stage's datatrove stats.json."""
 
 import json
+from pathlib import Path
+
+from datatrove.utils.stats import PipelineStats
 
 STAGES = ("filter", "exact_filter", "clean")
 COUNTED = ("READER", "EXTRAC", "FILTER", "DEDUP")  # steps that read sources, drop or keep documents
@@ -10,13 +13,24 @@ def step_table(stages) -> list[dict]:
     """One row per reading or dropping step: documents in/out, characters out, top drop reasons."""
     rows = []
     for stage in STAGES:
-        path = stages.logs(stage) / "stats.json"
-        if path.is_file():
-            for step in json.loads(path.read_text()):
-                counted = any(k in step["name"] for k in COUNTED)
-                if counted and not (stage != "filter" and "READER" in step["name"]):  # skip re-reads of outputs
-                    rows.append(_row(step))
+        for step in stage_stats(stages.logs(stage)):
+            counted = any(k in step["name"] for k in COUNTED)
+            if counted and not (stage != "filter" and "READER" in step["name"]):  # skip re-reads of outputs
+                rows.append(_row(step))
     return rows
+
+
+def stage_stats(logs: Path) -> list[dict]:
+    """A stage's step stats summed over all its tasks.
+
+    datatrove's stats.json sums only the tasks of the last invocation: after a kill and rerun it
+    would miss those that finished before. Every task's own stats/NNNNN.json stays.
+    """
+    tasks = sorted((logs / "stats").glob("*.json"))
+    if not tasks:
+        return []
+    total = sum((PipelineStats.from_json(json.loads(path.read_text())) for path in tasks), start=PipelineStats())
+    return json.loads(total.to_json())
 
 
 def _row(step: dict) -> dict:
