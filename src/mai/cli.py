@@ -1,6 +1,7 @@
 """The `mai` command: each subcommand parses its arguments, then calls one function elsewhere.
 
-A MaiError becomes one line on stderr and exit code 2; anything else is a bug and keeps its traceback.
+A MaiError, like a usage error (unknown option, missing argument), becomes one line on stderr and exit
+code 2; anything else is a bug and keeps its traceback.
 """
 
 import json

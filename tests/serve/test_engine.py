@@ -88,6 +88,20 @@ def test_prompts_arriving_together_share_one_prefill_with_unchanged_greedy_outpu
     assert engine.stats().running == 0
 
 
+def run_together(engine: Engine, prompt: list[int], params: list[SamplingParams]) -> list[Collector]:
+    """Queue one sequence per sampling setting, then start the engine so they prefill and decode together."""
+    collectors = [Collector() for _ in params]
+    try:
+        for p, c in zip(params, collectors, strict=True):
+            engine.submit([Sequence(prompt, p, c)])
+        engine.start()
+        for c in collectors:
+            assert c.done.wait(60)
+    finally:
+        engine.stop()
+    return collectors
+
+
 def test_unseeded_rows_sample_in_one_call_and_a_seeded_row_samples_as_generate_does(loaded, monkeypatch):
     model, tokenizer = loaded
     engine = Engine(model, tokenizer, max_batch=6, max_context=128, max_waiting=8)  # started once all wait
@@ -101,15 +115,7 @@ def test_unseeded_rows_sample_in_one_call_and_a_seeded_row_samples_as_generate_d
     seeded = SamplingParams(max_tokens=n, temperature=0.8, top_p=0.9, seed=5)
     greedy = SamplingParams(max_tokens=n, temperature=0)
     params = [sampled] * 4 + [seeded, greedy]
-    collectors = [Collector() for _ in params]
-    try:
-        for p, c in zip(params, collectors, strict=True):
-            engine.submit([Sequence(prompt, p, c)])
-        engine.start()
-        for c in collectors:
-            assert c.done.wait(60)
-    finally:
-        engine.stop()
+    collectors = run_together(engine, prompt, params)
     assert sorted(rows_per_call) == [1] * n + [4] * n  # per step: the four together, the seeded one alone
     expected = generate(model, torch.tensor([prompt]), n, temperature=0.8, top_p=0.9, seed=5)
     assert collectors[4].tokens == [int(t[0]) for t in expected]
@@ -247,15 +253,7 @@ def test_logit_bias_applies_to_its_own_rows_and_leaves_the_others_greedy_output(
         SamplingParams(max_tokens=n, temperature=0, logit_bias=((greedy[0], -100.0),), logprobs=1),
         SamplingParams(max_tokens=n, temperature=1.0, logit_bias=((greedy[0], 100.0),)),
     ]
-    collectors = [Collector() for _ in params]
-    try:
-        for p, c in zip(params, collectors, strict=True):
-            engine.submit([Sequence(prompt, p, c)])
-        engine.start()
-        for c in collectors:
-            assert c.done.wait(60)
-    finally:
-        engine.stop()
+    collectors = run_together(engine, prompt, params)
     assert collectors[0].tokens == greedy
     assert collectors[1].tokens[0] != greedy[0]
     assert collectors[1].outputs[0].logprobs[0].top[0][0] == greedy[0]  # logprobs are the model's, before the bias
