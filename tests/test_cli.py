@@ -133,7 +133,9 @@ def test_generate_writes_prompt_and_completion_only(trained_run):
     ]
     assert seeded[0] == seeded[1]
     greedy_fp32 = ["generate", str(trained_run.path), "--prompt", "ROMEO:", "--temperature", "0", "--precision", "fp32"]
-    assert run_mai(*greedy_fp32, "--compile").stdout == run_mai(*greedy_fp32).stdout
+    compiled = run_mai(*greedy_fp32, "--compile")
+    assert compiled.stdout == run_mai(*greedy_fp32).stdout
+    assert "compiling the decode step (--compile)" in compiled.stderr
     bad = run_mai("generate", str(trained_run.path), "--prompt", "x", "--precision", "fp16", check=False)
     assert_user_error(bad, "precision must be one of auto, fp32, bf16")
 
