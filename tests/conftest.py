@@ -35,8 +35,8 @@ FAST = [
 ]
 
 
-def run_mai(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([MAI, *args], capture_output=True, text=True, timeout=600)
+def run_mai(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([MAI, *args], capture_output=True, text=True, timeout=600, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"mai {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result

@@ -69,11 +69,13 @@ def prepare_on(tmp_path, executor: str, options: str = "{}"):
     return run, lambda: prepare_data(run, config)
 
 
-def test_slurm_without_sbatch_is_one_line_before_the_pipeline_starts(tmp_path):
-    if shutil.which("sbatch"):
-        pytest.skip("sbatch is installed here")
+def test_slurm_without_its_commands_is_one_line_before_the_pipeline_starts(tmp_path):
+    if shutil.which("sbatch") or shutil.which("squeue"):
+        pytest.skip("Slurm is installed here")
     run, prepare = prepare_on(tmp_path, "slurm", '{partition = "cpu", time = "01:00:00"}')
-    with pytest.raises(MaiError, match=r"^data.executor = 'slurm' needs Slurm's sbatch on PATH, and it is not there"):
+    with pytest.raises(
+        MaiError, match=r"^data.executor = 'slurm' needs Slurm's sbatch and squeue on PATH, and they are not there"
+    ):
         prepare()
     assert not run.data_dir.exists()
 

@@ -2,7 +2,8 @@
 → MinHash dedup → decontaminate, each stage run by a datatrove executor (local, Slurm or Ray).
 
 Everything lives under the run's data/work/: each stage's outputs and its logging folder, whose
-completion markers make a rerun skip finished tasks, so a killed pipeline resumes. Every dropped
+completion markers make a rerun skip finished tasks, so a killed pipeline resumes (on Slurm, a rerun
+also leaves alone a stage whose job is still queued or running). Every dropped
 document goes to data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
 A local stage that leaves no document stops the run in one line counting the drops by step.
 datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console gets one line per
@@ -16,6 +17,7 @@ import importlib.util
 import inspect
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -140,6 +142,7 @@ SET_BY_MAI = {
         "logging_dir": "each stage",
         "job_name": "each stage",
         "depends": "each stage",
+        "depends_job_id": "each stage",
     },
     "ray": {"pipeline": "each stage", "tasks": "data.tasks", "logging_dir": "each stage"},
 }
@@ -175,10 +178,12 @@ def check_executor(config: DataConfig) -> None:
             f"data.executor = {name!r} needs {', '.join(missing)} in data.executor_options",
             parameter="data.executor_options",
         )
-    if name == "slurm" and shutil.which("sbatch") is None:
+    absent = [command for command in ("sbatch", "squeue") if shutil.which(command) is None]
+    if name == "slurm" and absent:
         raise MaiError(
-            "data.executor = 'slurm' needs Slurm's sbatch on PATH, and it is not there; run this on a machine "
-            "that submits Slurm jobs, or set data.executor = 'local'",
+            f"data.executor = 'slurm' needs Slurm's {' and '.join(absent)} on PATH, and "
+            f"{'they are' if len(absent) > 1 else 'it is'} not there; run this on a machine that submits Slurm jobs, "
+            "or set data.executor = 'local'",
             parameter="data.executor",
         )
     if name == "ray" and importlib.util.find_spec("ray") is None:
@@ -195,7 +200,7 @@ class Stages:
     def __init__(self, data_dir: Path, config: DataConfig):
         self.work, self.rejected, self.config = data_dir / "work", data_dir / "rejected", config
         self.ran: list[str] = []  # the stages that had tasks left to run
-        self.submitted = None  # the Slurm executor of the last stage submitted, which the next depends on
+        self.last_job: str | None = None  # the Slurm job of the stage before, which the next one waits for
 
     def folder(self, name: str) -> str:
         return str(self.work / name)
@@ -215,7 +220,7 @@ class Stages:
             executor.progress_bars = progress_bars()
             return executor
         if self.config.executor == "slurm":  # each stage's job waits for the one submitted before it
-            return executor_class("slurm")(**common, job_name=f"mai-{stage}", depends=self.submitted, **options)
+            return executor_class("slurm")(**common, job_name=f"mai-{stage}", depends_job_id=self.last_job, **options)
         return executor_class("ray")(**common, **options)
 
     def run(self, stage: str, pipeline: list, tasks: int | None = None) -> None:
@@ -225,13 +230,19 @@ class Stages:
         if done >= tasks:
             say(f"data: {stage} done before, skipped")
             return
+        queued = self.queued_slurm_job(stage)
+        if queued:  # submitting it again would run each task twice, both writing the same files
+            say(f"data: {stage}, Slurm job {queued} still queued or running")
+            self.last_job = queued
+            return
         console_logs_warnings_only()
         started = time.perf_counter()
         executor = self.executor(stage, pipeline, tasks)
         executor.run()
         self.ran.append(stage)
         if self.config.executor == "slurm":
-            self.submitted = executor
+            self.last_job = executor.job_id
+            atomic_write_text(self.logs(stage) / "slurm_job", executor.job_id)
         count = f"{tasks} task" + "s" * (tasks > 1)
         if done:
             count = f"{tasks - done} of {count}"
@@ -239,6 +250,20 @@ class Stages:
             say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s")
         else:
             say(f"data: {stage}, {count} submitted to {self.config.executor}")
+
+    def queued_slurm_job(self, stage: str) -> str | None:
+        """The id of the stage's last Slurm job while squeue lists it (pending or running), else None.
+
+        A job that squeue no longer lists has ended; the tasks it did not finish are submitted again.
+        """
+        record = self.logs(stage) / "slurm_job"
+        if self.config.executor != "slurm" or not record.is_file():
+            return None
+        job = record.read_text().strip()
+        listed = subprocess.run(
+            ["squeue", "--noheader", "--jobs", job, "--format", "%i"], capture_output=True, text=True
+        )
+        return job if listed.returncode == 0 and listed.stdout.strip() else None
 
     def complete(self, stage: str, tasks: int | None = None) -> bool:
         return self.completed_tasks(stage) >= (tasks or self.config.tasks)

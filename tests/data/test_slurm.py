@@ -1,0 +1,126 @@
+"""`mai data prepare` on the Slurm executor, with Slurm's commands played by scripts.
+
+The stand-in sbatch queues each job and answers with its id, as sbatch does; `run_queue` then
+plays the cluster and runs the queued jobs here, array task by array task. So the whole path runs
+for real: datatrove's launch scripts, `launch_pickled_pipeline` in fresh processes, mai's own
+steps unpickled there, and the reruns of `mai data prepare` that pick up finished work. The queue
+runs in submission order, which every dependency allows; the test checks that each stage asked
+for its dependency.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_mai
+from mai.run import RunDir
+
+SBATCH = """#!/bin/bash
+# sbatch: queue the job script under the next job id and answer as sbatch does.
+touch "$SLURM_STAND_IN/submissions"
+id=$(( $(wc -l < "$SLURM_STAND_IN/submissions") + 1 ))
+echo "$*" >> "$SLURM_STAND_IN/submissions"
+cp "${@: -1}" "$SLURM_STAND_IN/queue/$(printf %06d $id)"
+echo "Submitted batch job $id"
+"""
+
+SQUEUE = """#!/bin/bash
+# squeue: only `squeue --noheader --jobs ID --format %i`, which lists the job while it is queued.
+[[ -e "$SLURM_STAND_IN/queue/$(printf %06d $3)" ]] && echo "$3"
+exit 0
+"""
+
+SRUN = """#!/bin/bash
+# srun: run the command here, once.
+while [[ $1 == -* ]]; do [[ $1 == -n ]] && shift; shift; done
+exec "$@"
+"""
+
+SCONTROL = """#!/bin/bash
+# scontrol: only `scontrol show hostnames NODELIST`, for a list of one node.
+[[ "$1 $2" == "show hostnames" ]] && echo "$3"
+"""
+
+SETTINGS = [
+    'data.sources=[{name = "shakespeare", max_mb = 0.3}]',
+    "data.tasks=2",
+    "data.exact_dedup=false",  # fewer stages, fewer jobs: filter, clean and shards are mai's own steps
+    "data.minhash_dedup=false",
+    "tokenizer.sample_mb=0.3",
+]
+SLURM = ['data.executor="slurm"', 'data.executor_options={partition = "cpu", time = "01:00:00"}']
+
+
+def slurm_stand_in(folder: Path) -> dict:
+    """An environment whose PATH finds the stand-ins for Slurm's commands, and datatrove's own scripts."""
+    (folder / "queue").mkdir(parents=True)
+    (folder / "bin").mkdir()
+    for name, text in (("sbatch", SBATCH), ("squeue", SQUEUE), ("srun", SRUN), ("scontrol", SCONTROL)):
+        (folder / "bin" / name).write_text(text)
+        (folder / "bin" / name).chmod(0o755)
+    path = os.pathsep.join([str(folder / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
+    return {**os.environ, "PATH": path, "SLURM_STAND_IN": str(folder)}
+
+
+def cancel(env: dict, job: int) -> None:
+    (Path(env["SLURM_STAND_IN"]) / "queue" / f"{job:06d}").unlink()
+
+
+def run_queue(env: dict) -> int:
+    """Run every queued job to the end, oldest first, each of its array tasks in turn; return how many."""
+    jobs = sorted((Path(env["SLURM_STAND_IN"]) / "queue").iterdir())
+    for job in jobs:
+        first, last = re.search(r"^#SBATCH --array=(\d+)-(\d+)", job.read_text(), re.M).groups()
+        for task in range(int(first), int(last) + 1):
+            task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": job.name, "SLURM_NODELIST": "node"}
+            done = subprocess.run(["bash", str(job)], env=task_env, capture_output=True, text=True)
+            assert done.returncode == 0, f"job {job.name} task {task}:\n{done.stdout}{done.stderr}"
+        job.unlink()
+    return len(jobs)
+
+
+def prepare(run: Path, env: dict | None = None, finishes: bool = False) -> str:
+    """`mai data prepare RUN`; its stderr. Until the last step is done, it exits 2 asking for a rerun."""
+    result = run_mai("data", "prepare", str(run), env=env, check=finishes)
+    if not finishes:
+        assert result.returncode == 2 and "are not finished; rerun `mai data prepare` when they are" in result.stderr
+    return result.stderr
+
+
+def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp_path):
+    env = slurm_stand_in(tmp_path / "slurm")
+    submissions = tmp_path / "slurm" / "submissions"
+    run = tmp_path / "slurm_run"
+    run_mai("init", str(run), *(arg for setting in SETTINGS + SLURM for arg in ("--set", setting)))
+
+    prepare(run, env)
+    # Jobs 1 and 3 are the filter and clean stages' tasks, 2 and 4 their stats merges.
+    jobs = submissions.read_text().splitlines()
+    assert ["--export" in job for job in jobs] == [True, False, True, False]
+    assert "--dependency" not in jobs[0] and "--dependency=afterok:1 " in jobs[2]
+
+    impatient = prepare(run, env)  # before any job ran: nothing is submitted twice
+    assert "data: filter, Slurm job 1 still queued or running" in impatient
+    assert "data: clean, Slurm job 3 still queued or running" in impatient
+    assert submissions.read_text().splitlines() == jobs
+
+    cancel(env, 3)  # the clean stage's jobs, as scancel would
+    cancel(env, 4)
+    assert run_queue(env) == 2
+    resubmitted = prepare(run, env)
+    assert "data: filter done before, skipped" in resubmitted
+    assert "data: clean, 2 tasks submitted to slurm" in resubmitted
+    assert "--dependency" not in submissions.read_text().splitlines()[4]  # filter is done: nothing to wait for
+
+    assert run_queue(env) == 2
+    assert "data: shards, 2 tasks submitted to slurm" in prepare(run, env)
+    assert run_queue(env) == 2
+    prepare(run, env, finishes=True)
+
+    local = tmp_path / "local_run"
+    run_mai("init", str(local), *(arg for setting in SETTINGS for arg in ("--set", setting)))
+    prepare(local, finishes=True)
+    shards = [[s["sha256"] for s in RunDir(path).read_manifest()["shards"]] for path in (run, local)]
+    assert shards[0] == shards[1]
