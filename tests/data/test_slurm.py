@@ -105,6 +105,16 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert "data: filter, Slurm job 1 still queued or running" in impatient
     assert "data: clean, Slurm job 3 still queued or running" in impatient
     assert submissions.read_text().splitlines() == jobs
+    config = run / "config.toml"
+    original = config.read_text()
+    config.write_text(original.replace("language_threshold = 0.65", "language_threshold = 0.6"))
+    changed = run_mai("data", "prepare", str(run), env=env, check=False)
+    assert changed.returncode == 2
+    assert changed.stderr.startswith(
+        "error: the data settings changed (data.language_threshold), and redoing the data now would race "
+        "Slurm jobs 1, 3 of the last run"
+    )
+    config.write_text(original)
 
     cancel(env, 3)  # the clean stage's jobs, as scancel would
     cancel(env, 4)
@@ -116,6 +126,9 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
 
     assert run_queue(env) == 2
     assert "data: shards, 2 tasks submitted to slurm" in prepare(run, env)
+    tokenizer = (run / "tokenizer.json").stat().st_mtime_ns
+    assert "data: shards, Slurm job 7 still queued or running" in prepare(run, env)
+    assert (run / "tokenizer.json").stat().st_mtime_ns == tokenizer  # not trained again under the queued jobs
     assert run_queue(env) == 2
     prepare(run, env, finishes=True)
 

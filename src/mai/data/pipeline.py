@@ -265,6 +265,10 @@ class Stages:
         )
         return job if listed.returncode == 0 and listed.stdout.strip() else None
 
+    def queued_slurm_jobs(self) -> list[str]:
+        """The Slurm jobs, of any stage, that squeue still lists."""
+        return [job for stage in (*STAGE_ORDER, "shards") if (job := self.queued_slurm_job(stage))]
+
     def complete(self, stage: str, tasks: int | None = None) -> bool:
         return self.completed_tasks(stage) >= (tasks or self.config.tasks)
 

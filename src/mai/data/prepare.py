@@ -188,7 +188,15 @@ def plan_preparation(run: RunDir, stages: Stages, settings: dict) -> Plan:
                 "again would train a new one; restore the original, or use a new run directory (`mai init`)"
             )
         return Plan(None, train_tokenizer=False)  # finish or repair the shards with the tokenizer it has
-    shards_started = stages.completed_tasks("shards") > 0
+    queued = stages.queued_slurm_jobs() if redo is not None else []
+    if queued:
+        why = f"the data settings changed ({keys})" if keys else "data/work has no record of its settings"
+        raise MaiError(
+            f"{why}, and redoing the data now would race Slurm jobs {', '.join(queued)} of the last run, still "
+            "queued or running; wait for them to end (squeue), or cancel them (scancel), then rerun"
+        )
+    # Shard tasks done or queued on Slurm read the tokenizer.json there: it is this run's.
+    shards_started = stages.completed_tasks("shards") > 0 or stages.queued_slurm_job("shards") is not None
     if redo == "pipeline":
         message = f"data: data settings changed ({keys}), rerunning the pipeline" if keys else None
         if not keys and stages.work.exists():
