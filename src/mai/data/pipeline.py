@@ -246,10 +246,11 @@ class Stages:
         count = f"{tasks} task" + "s" * (tasks > 1)
         if done:
             count = f"{tasks - done} of {count}"
-        if self.config.executor == "local":
-            say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s")
-        else:
-            say(f"data: {stage}, {count} submitted to {self.config.executor}")
+        if self.config.executor == "slurm":
+            say(f"data: {stage}, {count} submitted to slurm")
+        else:  # the local and Ray executors return when the stage has run
+            where = " on ray" if self.config.executor == "ray" else ""
+            say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s{where}")
 
     def queued_slurm_job(self, stage: str) -> str | None:
         """The id of the stage's last Slurm job while squeue lists it (pending or running), else None.
@@ -295,9 +296,9 @@ class Stages:
     def check_documents_left(self, folder: str) -> None:
         """Refuse an empty stage output, which datatrove's next reader would crash on ("No files found").
 
-        Only a local run has finished its stage here; Slurm and Ray stages are still running.
+        Local and Ray stages have run here; Slurm's may still be queued.
         """
-        if self.config.executor == "local" and not has_documents(self.work / folder):
+        if self.config.executor != "slurm" and not has_documents(self.work / folder):
             refuse_too_few_documents(self, 0)
 
 

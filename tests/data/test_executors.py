@@ -1,18 +1,23 @@
-"""`mai data prepare` on the Slurm executor, with Slurm's commands played by scripts.
+"""`mai data prepare` on datatrove's cluster executors writes the shards a local run writes.
 
-The stand-in sbatch queues each job and answers with its id, as sbatch does; `run_queue` then
+Slurm: its commands are played by scripts. The stand-in sbatch queues each job and answers with its id, as sbatch does; `run_queue` then
 plays the cluster and runs the queued jobs here, array task by array task. So the whole path runs
 for real: datatrove's launch scripts, `launch_pickled_pipeline` in fresh processes, mai's own
 steps unpickled there, and the reruns of `mai data prepare` that pick up finished work. The queue
 runs in submission order, which every dependency allows; the test checks that each stage asked
 for its dependency.
+
+Ray: a local Ray instance, when the ray package is installed (it is not a dependency of mai).
 """
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from conftest import run_mai
 from mai.run import RunDir
@@ -89,11 +94,25 @@ def prepare(run: Path, env: dict | None = None, finishes: bool = False) -> str:
     return result.stderr
 
 
+def init(run: Path, settings: list[str]) -> Path:
+    run_mai("init", str(run), *(arg for setting in settings for arg in ("--set", setting)))
+    return run
+
+
+def shard_hashes(run: Path) -> list[str]:
+    return [shard["sha256"] for shard in RunDir(run).read_manifest()["shards"]]
+
+
+def local_shard_hashes(tmp_path: Path) -> list[str]:
+    local = init(tmp_path / "local_run", SETTINGS)
+    prepare(local, finishes=True)
+    return shard_hashes(local)
+
+
 def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp_path):
     env = slurm_stand_in(tmp_path / "slurm")
     submissions = tmp_path / "slurm" / "submissions"
-    run = tmp_path / "slurm_run"
-    run_mai("init", str(run), *(arg for setting in SETTINGS + SLURM for arg in ("--set", setting)))
+    run = init(tmp_path / "slurm_run", SETTINGS + SLURM)
 
     prepare(run, env)
     # Jobs 1 and 3 are the filter and clean stages' tasks, 2 and 4 their stats merges.
@@ -131,9 +150,13 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert (run / "tokenizer.json").stat().st_mtime_ns == tokenizer  # not trained again under the queued jobs
     assert run_queue(env) == 2
     prepare(run, env, finishes=True)
+    assert shard_hashes(run) == local_shard_hashes(tmp_path)
 
-    local = tmp_path / "local_run"
-    run_mai("init", str(local), *(arg for setting in SETTINGS for arg in ("--set", setting)))
-    prepare(local, finishes=True)
-    shards = [[s["sha256"] for s in RunDir(path).read_manifest()["shards"]] for path in (run, local)]
-    assert shards[0] == shards[1]
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install ray)")
+def test_ray_runs_each_stage_to_the_end_and_writes_the_local_shards(tmp_path):
+    run = init(tmp_path / "ray_run", [*SETTINGS, 'data.executor="ray"'])
+    stderr = prepare(run, finishes=True)
+    for stage in ("filter", "clean", "shards"):
+        assert re.search(rf"^data: {stage}, 2 tasks in [0-9.]+ s on ray$", stderr, re.M), stderr
+    assert shard_hashes(run) == local_shard_hashes(tmp_path)
