@@ -124,6 +124,7 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert "data: filter, Slurm job 1 still queued or running" in impatient
     assert "data: clean, Slurm job 3 still queued or running" in impatient
     assert submissions.read_text().splitlines() == jobs
+
     config = run / "config.toml"
     original = config.read_text()
     config.write_text(original.replace("language_threshold = 0.65", "language_threshold = 0.6"))
@@ -140,7 +141,7 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert run_queue(env) == 2
     resubmitted = prepare(run, env)
     assert "data: filter done before, skipped" in resubmitted
-    assert "data: clean, 2 tasks submitted to slurm" in resubmitted
+    assert "data: clean, 2 tasks submitted to slurm again (job 3 has ended; its output is in " in resubmitted
     assert "--dependency" not in submissions.read_text().splitlines()[4]  # filter is done: nothing to wait for
 
     assert run_queue(env) == 2

@@ -230,41 +230,39 @@ class Stages:
         if done >= tasks:
             say(f"data: {stage} done before, skipped")
             return
-        queued = self.queued_slurm_job(stage)
-        if queued:  # submitting it again would run each task twice, both writing the same files
-            say(f"data: {stage}, Slurm job {queued} still queued or running")
-            self.last_job = queued
+        last_job = self.slurm_job(stage)
+        if last_job and slurm_lists(last_job):  # submitting it again would run tasks twice, writing the same files
+            say(f"data: {stage}, Slurm job {last_job} still queued or running")
+            self.last_job = last_job
             return
         console_logs_warnings_only()
         started = time.perf_counter()
         executor = self.executor(stage, pipeline, tasks)
         executor.run()
         self.ran.append(stage)
-        if self.config.executor == "slurm":
-            self.last_job = executor.job_id
-            atomic_write_text(self.logs(stage) / "slurm_job", executor.job_id)
         count = f"{tasks} task" + "s" * (tasks > 1)
         if done:
             count = f"{tasks - done} of {count}"
-        if self.config.executor == "slurm":
-            say(f"data: {stage}, {count} submitted to slurm")
-        else:  # the local and Ray executors return when the stage has run
+        if self.config.executor != "slurm":  # the local and Ray executors return when the stage has run
             where = " on ray" if self.config.executor == "ray" else ""
             say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s{where}")
+            return
+        self.last_job = executor.job_id
+        atomic_write_text(self.logs(stage) / "slurm_job", executor.job_id)
+        again = (
+            f" again (job {last_job} has ended; its output is in {self.logs(stage) / 'slurm_logs'})" if last_job else ""
+        )
+        say(f"data: {stage}, {count} submitted to slurm{again}")
+
+    def slurm_job(self, stage: str) -> str | None:
+        """The id of the stage's last Slurm job, if it was submitted to Slurm."""
+        record = self.logs(stage) / "slurm_job"
+        return record.read_text().strip() if self.config.executor == "slurm" and record.is_file() else None
 
     def queued_slurm_job(self, stage: str) -> str | None:
-        """The id of the stage's last Slurm job while squeue lists it (pending or running), else None.
-
-        A job that squeue no longer lists has ended; the tasks it did not finish are submitted again.
-        """
-        record = self.logs(stage) / "slurm_job"
-        if self.config.executor != "slurm" or not record.is_file():
-            return None
-        job = record.read_text().strip()
-        listed = subprocess.run(
-            ["squeue", "--noheader", "--jobs", job, "--format", "%i"], capture_output=True, text=True
-        )
-        return job if listed.returncode == 0 and listed.stdout.strip() else None
+        """The stage's last Slurm job while squeue lists it (pending or running), else None."""
+        job = self.slurm_job(stage)
+        return job if job and slurm_lists(job) else None
 
     def queued_slurm_jobs(self) -> list[str]:
         """The Slurm jobs, of any stage, that squeue still lists."""
@@ -300,6 +298,12 @@ class Stages:
         """
         if self.config.executor != "slurm" and not has_documents(self.work / folder):
             refuse_too_few_documents(self, 0)
+
+
+def slurm_lists(job: str) -> bool:
+    """Whether squeue lists the job: pending or running. One it no longer lists has ended."""
+    listed = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%i"], capture_output=True, text=True)
+    return listed.returncode == 0 and bool(listed.stdout.strip())
 
 
 def has_documents(folder: Path) -> bool:
