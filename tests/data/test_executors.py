@@ -7,10 +7,13 @@ steps unpickled there, and the reruns of `mai data prepare` that pick up finishe
 runs in submission order, which every dependency allows; the test checks that each stage asked
 for its dependency.
 
-Ray: a local Ray instance, when the ray package is installed (it is not a dependency of mai).
+Ray: a local Ray instance, when the ray package is installed (it is not a dependency of mai), and
+a task that fails there.
 """
 
+import gzip
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -18,8 +21,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from datatrove.pipeline.readers import JsonlReader
 
 from conftest import run_mai
+from mai.config import load_config
+from mai.data.pipeline import Stages
+from mai.errors import MaiError
 from mai.run import RunDir
 
 SBATCH = """#!/bin/bash
@@ -161,3 +168,15 @@ def test_ray_runs_each_stage_to_the_end_and_writes_the_local_shards(tmp_path):
     for stage in ("filter", "clean", "shards"):
         assert re.search(rf"^data: {stage}, 2 tasks in [0-9.]+ s on ray$", stderr, re.M), stderr
     assert shard_hashes(run) == local_shard_hashes(tmp_path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install ray)")
+def test_a_failed_ray_task_stops_before_the_next_stage_reads_a_partial_output(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    with gzip.open(inputs / "0.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"id": "0", "text": "a document"}) + "\n")
+    (inputs / "1.jsonl.gz").write_bytes(b"not gzip")  # task 1 reads this file, and fails
+    stages = Stages(tmp_path / "data", load_config("tiny", ['data.executor="ray"', "data.tasks=2"]).data)
+    with pytest.raises(MaiError, match=r"^1 of 2 tasks of the filter stage failed on ray; their logs are in "):
+        stages.run("filter", [JsonlReader(str(inputs)), stages.writer("filtered")])

@@ -244,6 +244,7 @@ class Stages:
         if done:
             count = f"{tasks - done} of {count}"
         if self.config.executor != "slurm":  # the local and Ray executors return when the stage has run
+            self.check_finished(stage, tasks)
             where = " on ray" if self.config.executor == "ray" else ""
             say(f"data: {stage}, {count} in {time.perf_counter() - started:.1f} s{where}")
             return
@@ -253,6 +254,18 @@ class Stages:
             f" again (job {last_job} has ended; its output is in {self.logs(stage) / 'slurm_logs'})" if last_job else ""
         )
         say(f"data: {stage}, {count} submitted to slurm{again}")
+
+    def check_finished(self, stage: str, tasks: int) -> None:
+        """Stop at a stage that ran with failed tasks, before the next stage reads its partial output.
+
+        A failing local task raises; datatrove's Ray executor only logs "Only k/n tasks completed".
+        """
+        failed = tasks - self.completed_tasks(stage)
+        if failed:
+            raise MaiError(
+                f"{failed} of {tasks} tasks of the {stage} stage failed on {self.config.executor}; their logs are in "
+                f"{self.logs(stage) / 'logs'}; fix the cause and rerun `mai data prepare` (finished tasks are skipped)"
+            )
 
     def slurm_job(self, stage: str) -> str | None:
         """The id of the stage's last Slurm job, if it was submitted to Slurm."""
