@@ -1,11 +1,11 @@
 """`mai data prepare` on datatrove's cluster executors writes the shards a local run writes.
 
-Slurm: its commands are played by scripts. The stand-in sbatch queues each job and answers with its id, as sbatch does; `run_queue` then
-plays the cluster and runs the queued jobs here, array task by array task. So the whole path runs
-for real: datatrove's launch scripts, `launch_pickled_pipeline` in fresh processes, mai's own
-steps unpickled there, and the reruns of `mai data prepare` that pick up finished work. The queue
-runs in submission order, which every dependency allows; the test checks that each stage asked
-for its dependency.
+Slurm: its commands are played by scripts. The stand-in sbatch queues each job and answers with
+its id, as sbatch does; `run_queue` then plays the cluster and runs the queued jobs here, array task
+by array task. So the whole path runs for real: datatrove's launch scripts, `launch_pickled_pipeline`
+in fresh processes, mai's own steps unpickled there, and the reruns of `mai data prepare` that pick
+up finished work. The queue runs in submission order, which every dependency allows; the test
+checks that each stage asked for its dependency.
 
 Ray: a local Ray instance, when the ray package is installed (it is not a dependency of mai), and
 a task that fails there.
