@@ -39,9 +39,15 @@ echo "Submitted batch job $id"
 """
 
 SQUEUE = """#!/bin/bash
-# squeue: only `squeue --noheader --jobs ID --format %i`, which lists the job while it is queued.
-[[ -e "$SLURM_STAND_IN/queue/$(printf %06d $3)" ]] && echo "$3"
-exit 0
+# squeue: only `squeue --noheader --jobs ID --format %r`, the reason a queued job waits.
+job="$SLURM_STAND_IN/queue/$(printf %06d $3)"
+if [[ -e "$job.never" ]]; then echo DependencyNeverSatisfied; elif [[ -e "$job" ]]; then echo None; fi
+"""
+
+SCANCEL = """#!/bin/bash
+# scancel ID: a cancelled job fails the jobs that wait for it.
+rm -f "$SLURM_STAND_IN/queue/$(printf %06d $1)" "$SLURM_STAND_IN/queue/$(printf %06d $1).never"
+echo "$1" >> "$SLURM_STAND_IN/failed"
 """
 
 SRUN = """#!/bin/bash
@@ -69,7 +75,13 @@ def slurm_stand_in(folder: Path) -> dict:
     """An environment whose PATH finds the stand-ins for Slurm's commands, and datatrove's own scripts."""
     (folder / "queue").mkdir(parents=True)
     (folder / "bin").mkdir()
-    for name, text in (("sbatch", SBATCH), ("squeue", SQUEUE), ("srun", SRUN), ("scontrol", SCONTROL)):
+    for name, text in (
+        ("sbatch", SBATCH),
+        ("squeue", SQUEUE),
+        ("scancel", SCANCEL),
+        ("srun", SRUN),
+        ("scontrol", SCONTROL),
+    ):
         (folder / "bin" / name).write_text(text)
         (folder / "bin" / name).chmod(0o755)
     path = os.pathsep.join([str(folder / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]])
@@ -80,17 +92,41 @@ def cancel(env: dict, job: int) -> None:
     (Path(env["SLURM_STAND_IN"]) / "queue" / f"{job:06d}").unlink()
 
 
-def run_queue(env: dict) -> int:
-    """Run every queued job to the end, oldest first, each of its array tasks in turn; return how many."""
-    jobs = sorted((Path(env["SLURM_STAND_IN"]) / "queue").iterdir())
-    for job in jobs:
-        first, last = re.search(r"^#SBATCH --array=(\d+)-(\d+)", job.read_text(), re.M).groups()
-        for task in range(int(first), int(last) + 1):
-            task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": job.name, "SLURM_NODELIST": "node"}
-            done = subprocess.run(["bash", str(job)], env=task_env, capture_output=True, text=True)
-            assert done.returncode == 0, f"job {job.name} task {task}:\n{done.stdout}{done.stderr}"
+def run_queue(env: dict, failing: tuple[int, ...] = ()) -> int:
+    """Run the queued jobs, oldest first, each array task in turn; return how many ran.
+
+    A job in `failing` fails without running. As on Slurm, a job waiting (afterok) for a failed or
+    cancelled job stays queued for good, with reason DependencyNeverSatisfied, and one waiting for a
+    job still queued stays queued.
+    """
+    folder = Path(env["SLURM_STAND_IN"])
+    submissions = (folder / "submissions").read_text().splitlines()
+    failed = folder / "failed"
+    ran = 0
+    for job in sorted(path for path in (folder / "queue").iterdir() if not path.suffix):
+        # in sbatch's arguments (a stage's tasks) or in the script (its stats merge)
+        waits_for = re.search(r"--dependency=afterok:(\d+)\b", submissions[int(job.name) - 1] + job.read_text())
+        if waits_for and waits_for.group(1) in (failed.read_text().split() if failed.exists() else []):
+            job.with_suffix(".never").touch()
+            continue
+        if waits_for and (job.parent / f"{int(waits_for.group(1)):06d}").exists():
+            continue
+        if int(job.name) in failing:
+            with failed.open("a") as f:
+                f.write(f"{int(job.name)}\n")
+        else:
+            run_job(job, env)
+            ran += 1
         job.unlink()
-    return len(jobs)
+    return ran
+
+
+def run_job(job: Path, env: dict) -> None:
+    first, last = re.search(r"^#SBATCH --array=(\d+)-(\d+)", job.read_text(), re.M).groups()
+    for task in range(int(first), int(last) + 1):
+        task_env = {**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": job.name, "SLURM_NODELIST": "node"}
+        done = subprocess.run(["bash", str(job)], env=task_env, capture_output=True, text=True)
+        assert done.returncode == 0, f"job {job.name} task {task}:\n{done.stdout}{done.stderr}"
 
 
 def prepare(run: Path, env: dict | None = None, finishes: bool = False) -> str:
@@ -159,6 +195,20 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert run_queue(env) == 2
     prepare(run, env, finishes=True)
     assert shard_hashes(run) == local_shard_hashes(tmp_path)
+
+
+def test_a_stage_waiting_for_a_failed_job_is_cancelled_and_submitted_again(tmp_path):
+    env = slurm_stand_in(tmp_path / "slurm")
+    run = init(tmp_path / "slurm_run", SETTINGS + SLURM)
+    prepare(run, env)  # job 1: filter's tasks, 2: its stats merge, 3: clean's tasks, 4: its stats merge
+    assert run_queue(env, failing=(1,)) == 0  # the others wait for job 1 for good
+
+    stderr = prepare(run, env)
+    assert "data: filter, 2 tasks submitted to slurm again (job 1 has ended" in stderr
+    assert "data: clean, Slurm job 3 waited for a job that failed, so could never start: cancelled" in stderr
+    assert "--dependency=afterok:5 " in (tmp_path / "slurm" / "submissions").read_text().splitlines()[6]
+    assert run_queue(env) == 4  # filter and clean, each with its stats merge; job 2 waits for good
+    assert "data: shards, 2 tasks submitted to slurm" in prepare(run, env)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install ray)")

@@ -74,7 +74,8 @@ def test_slurm_without_its_commands_is_one_line_before_the_pipeline_starts(tmp_p
         pytest.skip("Slurm is installed here")
     run, prepare = prepare_on(tmp_path, "slurm", '{partition = "cpu", time = "01:00:00"}')
     with pytest.raises(
-        MaiError, match=r"^data.executor = 'slurm' needs Slurm's sbatch and squeue on PATH, and they are not there"
+        MaiError,
+        match=r"^data.executor = 'slurm' needs Slurm's sbatch, squeue, scancel on PATH, and they are not there",
     ):
         prepare()
     assert not run.data_dir.exists()

@@ -178,10 +178,10 @@ def check_executor(config: DataConfig) -> None:
             f"data.executor = {name!r} needs {', '.join(missing)} in data.executor_options",
             parameter="data.executor_options",
         )
-    absent = [command for command in ("sbatch", "squeue") if shutil.which(command) is None]
+    absent = [command for command in ("sbatch", "squeue", "scancel") if shutil.which(command) is None]
     if name == "slurm" and absent:
         raise MaiError(
-            f"data.executor = 'slurm' needs Slurm's {' and '.join(absent)} on PATH, and "
+            f"data.executor = 'slurm' needs Slurm's {', '.join(absent)} on PATH, and "
             f"{'they are' if len(absent) > 1 else 'it is'} not there; run this on a machine that submits Slurm jobs, "
             "or set data.executor = 'local'",
             parameter="data.executor",
@@ -231,10 +231,14 @@ class Stages:
             say(f"data: {stage} done before, skipped")
             return
         last_job = self.slurm_job(stage)
-        if last_job and slurm_lists(last_job):  # submitting it again would run tasks twice, writing the same files
+        state = slurm_state(last_job) if last_job else "ended"
+        if state == "queued":  # submitting it again would run tasks twice, writing the same files
             say(f"data: {stage}, Slurm job {last_job} still queued or running")
             self.last_job = last_job
             return
+        if state == "stuck":
+            subprocess.run(["scancel", last_job], capture_output=True)
+            say(f"data: {stage}, Slurm job {last_job} waited for a job that failed, so could never start: cancelled")
         console_logs_warnings_only()
         started = time.perf_counter()
         executor = self.executor(stage, pipeline, tasks)
@@ -273,9 +277,9 @@ class Stages:
         return record.read_text().strip() if self.config.executor == "slurm" and record.is_file() else None
 
     def queued_slurm_job(self, stage: str) -> str | None:
-        """The stage's last Slurm job while squeue lists it (pending or running), else None."""
+        """The stage's last Slurm job while it is pending or running, else None."""
         job = self.slurm_job(stage)
-        return job if job and slurm_lists(job) else None
+        return job if job and slurm_state(job) == "queued" else None
 
     def queued_slurm_jobs(self) -> list[str]:
         """The Slurm jobs, of any stage, that squeue still lists."""
@@ -313,10 +317,15 @@ class Stages:
             refuse_too_few_documents(self, 0)
 
 
-def slurm_lists(job: str) -> bool:
-    """Whether squeue lists the job: pending or running. One it no longer lists has ended."""
-    listed = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%i"], capture_output=True, text=True)
-    return listed.returncode == 0 and bool(listed.stdout.strip())
+def slurm_state(job: str) -> str:
+    """ "queued" while squeue lists the job, pending or running; "ended" once it does not; "stuck"
+    when it waits for a job that failed (reason DependencyNeverSatisfied), which Slurm never starts.
+    """
+    listed = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%r"], capture_output=True, text=True)
+    reasons = listed.stdout.split() if listed.returncode == 0 else []
+    if not reasons:
+        return "ended"
+    return "stuck" if all(reason == "DependencyNeverSatisfied" for reason in reasons) else "queued"
 
 
 def has_documents(folder: Path) -> bool:
