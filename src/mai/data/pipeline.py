@@ -3,8 +3,8 @@
 
 Everything lives under the run's data/work/: each stage's outputs and its logging folder, whose
 completion markers make a rerun skip finished tasks, so a killed pipeline resumes (on Slurm, a rerun
-also leaves alone a stage whose job is still queued or running). Every dropped
-document goes to data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
+also leaves alone a stage whose job is still queued or running). Every dropped document goes to
+data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
 A local stage that leaves no document stops the run in one line counting the drops by step.
 datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console gets one line per
 stage, and a task's errors.
@@ -318,8 +318,8 @@ class Stages:
 
 
 def slurm_state(job: str) -> str:
-    """ "queued" while squeue lists the job, pending or running; "ended" once it does not; "stuck"
-    when it waits for a job that failed (reason DependencyNeverSatisfied), which Slurm never starts.
+    """The job's state by squeue: queued (pending or running), ended (no longer listed), or stuck:
+    waiting for a job that failed (reason DependencyNeverSatisfied), which Slurm never starts.
     """
     listed = subprocess.run(["squeue", "--noheader", "--jobs", job, "--format", "%r"], capture_output=True, text=True)
     reasons = listed.stdout.split() if listed.returncode == 0 else []
