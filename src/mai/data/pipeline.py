@@ -5,7 +5,7 @@ Everything lives under the run's data/work/: each stage's outputs and its loggin
 completion markers make a rerun skip finished tasks, so a killed pipeline resumes (on Slurm, a rerun
 also leaves alone a stage whose job is still queued or running). Every dropped document goes to
 data/rejected/<step>/ with its reason; each stage's stats.json feeds `mai data stats`.
-A local stage that leaves no document stops the run in one line counting the drops by step.
+A local or Ray stage that leaves no document, or has a failed task, stops the run in one line.
 datatrove's per-task logs go to data/work/logs/<stage>/logs/ only; the console gets one line per
 stage, and a task's errors.
 """
