@@ -207,8 +207,6 @@ def test_a_stage_waiting_for_a_failed_job_is_cancelled_and_submitted_again(tmp_p
     assert "data: filter, 2 tasks submitted to slurm again (job 1 has ended" in stderr
     assert "data: clean, Slurm job 3 waited for a job that failed, so could never start: cancelled" in stderr
     assert "--dependency=afterok:5 " in (tmp_path / "slurm" / "submissions").read_text().splitlines()[6]
-    assert run_queue(env) == 4  # filter and clean, each with its stats merge; job 2 waits for good
-    assert "data: shards, 2 tasks submitted to slurm" in prepare(run, env)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (pip install ray)")
