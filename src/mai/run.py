@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ValidationError
 
 from mai.config import ModelConfig, RunConfig, config_to_toml, read_toml, validate_config
@@ -305,7 +304,7 @@ def save_tokenizer(tokenizer, directory: Path) -> None:
     atomic_write_json(directory / "tokenizer_config.json", tokenizer.hf_config())
 
 
-def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_safetensors(path: Path, state: dict, metadata: dict[str, str] | None = None) -> None:
     """safetensors' save_file, renamed into place when complete and given the default mode
     (safetensors makes its files 0600)."""
     from safetensors.torch import save_file
@@ -356,6 +355,8 @@ def check_tokenizer_matches(run: RunDir, expected_sha256: str | None, user: str)
 
 def load_model(run: RunDir, device: str = "cpu"):
     """The latest checkpoint's model (eval mode), its run config and its tokenizer, checked against each other."""
+    import torch
+
     from mai.model.transformer import Transformer
 
     config = run.read_config()
