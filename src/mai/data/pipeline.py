@@ -178,8 +178,8 @@ def check_executor(config: DataConfig) -> None:
             f"data.executor = {name!r} needs {', '.join(missing)} in data.executor_options",
             parameter="data.executor_options",
         )
-    absent = [command for command in ("sbatch", "squeue", "scancel") if shutil.which(command) is None]
-    if name == "slurm" and absent:
+    absent = [c for c in ("sbatch", "squeue", "scancel") if shutil.which(c) is None] if name == "slurm" else []
+    if absent:
         raise MaiError(
             f"data.executor = 'slurm' needs Slurm's {', '.join(absent)} on PATH, and "
             f"{'they are' if len(absent) > 1 else 'it is'} not there; run this on a machine that submits Slurm jobs, "
@@ -282,7 +282,7 @@ class Stages:
         return job if job and slurm_state(job) == "queued" else None
 
     def queued_slurm_jobs(self) -> list[str]:
-        """The Slurm jobs, of any stage, that squeue still lists."""
+        """The Slurm jobs, of any stage, still pending or running (not stuck behind a failed job)."""
         return [job for stage in (*STAGE_ORDER, "shards") if (job := self.queued_slurm_job(stage))]
 
     def complete(self, stage: str, tasks: int | None = None) -> bool:
