@@ -1,10 +1,14 @@
 """Unit behaviour of our own pipeline steps and the split/mixture arithmetic."""
 
+import json
+
 import pytest
 from datatrove.data import Document
+from datatrove.utils.stats import PipelineStats, Stats
 
 from mai.data.filters import CodeFilter, Decontaminate, LanguageFilter, write_eval_ngrams
 from mai.data.shards import copies, id_hash, val_threshold
+from mai.data.stats import step_row
 
 QUESTION = (
     "Which of these would let the most heat travel through a metal spoon placed in a pot of boiling water on the stove"
@@ -50,3 +54,14 @@ def test_validation_split_and_mixture_are_functions_of_the_id():
     assert [copies(i, 2.0, 0) for i in ids[:5]] == [2] * 5
     half = sum(copies(i, 0.5, 0) for i in ids)
     assert 430 < half < 570 and copies("doc-1", 0.5, 0) == copies("doc-1", 0.5, 0)
+
+
+@pytest.mark.parametrize("documents", [1, 2, 3])
+def test_step_table_counts_a_source_that_read_one_document(documents):
+    """datatrove's stats JSON leaves out a count of 1; the table must not read it as 0."""
+    step = Stats("📖 - READER: 📄 files: one")
+    for length in range(documents):
+        step.stats["doc_len"] += 1000 + length
+    (record,) = json.loads(PipelineStats([step]).to_json())
+    row = step_row(record)
+    assert (row["documents_in"], row["documents_out"]) == (documents, documents)

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from datatrove.utils.stats import PipelineStats
+from datatrove.utils.stats import MetricStats, PipelineStats
 
 STAGES = ("filter", "exact_filter", "clean")
 COUNTED = ("READER", "EXTRAC", "FILTER", "DEDUP")  # steps that read sources, drop or keep documents
@@ -16,7 +16,7 @@ def step_table(stages) -> list[dict]:
         for step in stage_stats(stages.logs(stage)):
             counted = any(k in step["name"] for k in COUNTED)
             if counted and not (stage != "filter" and "READER" in step["name"]):  # skip re-reads of outputs
-                rows.append(_row(step))
+                rows.append(step_row(step))
     return rows
 
 
@@ -33,16 +33,17 @@ def stage_stats(logs: Path) -> list[dict]:
     return json.loads(total.to_json())
 
 
-def _row(step: dict) -> dict:
+def step_row(step: dict) -> dict:
     stats = step["stats"]
 
-    def value(key: str, field: str = "total") -> int:
+    def value(key: str) -> int:
         entry = stats.get(key, 0)
-        return int(entry.get(field, 0) if isinstance(entry, dict) else entry)
+        return int(entry.get("total", 0) if isinstance(entry, dict) else entry)
 
     reasons = {k.split("_", 1)[1]: value(k) for k in stats if k.startswith(("dropped_", "rejected_"))}
     if "READER" in step["name"]:
-        out = value("doc_len", "n")
+        # datatrove's JSON leaves out the count of documents when it is 1; its from_dict restores it
+        out = MetricStats.from_dict(stats["doc_len"]).n if "doc_len" in stats else 0
         documents_in = out + sum(value(k) for k in stats if k.startswith("rejected_"))
     else:
         documents_in, out = value("total"), value("forwarded")
