@@ -103,6 +103,25 @@ def test_a_users_jsonl_task(tmp_path):
         ('{"context": "x", "choices": [" a", " b"], "gold": 2}', "integer 'gold' index"),
         ('{"context": "x"}', "needs 'choices' (choice), 'answer' (generate) or 'test' (code)"),
         ('{"context": "x", "answer": "1", "pattern": "("}', "not a valid regex"),
+        (
+            '{"context": "x", "choices": [1, 2], "gold": 0}',
+            "capitals.jsonl:1: 'choices' must be a list of strings, not [1, 2]",
+        ),
+        ('{"choices": [" a", " b"], "gold": 0}', "capitals.jsonl:1: the line needs a string 'context'"),
+        ('{"context": "x", "choices": [" a", " b"], "gold": 0.0}', "'gold' must be an integer ≥ 0, not 0.0"),
+        ('{"context": "x", "answer": "1", "max_new_tokens": "lots"}', "'max_new_tokens' must be an integer ≥ 1"),
+        ('{"context": "x", "answer": "1", "max_new_tokens": -3}', "'max_new_tokens' must be an integer ≥ 1, not -3"),
+        ('{"context": "x", "answer": "1", "stop": 5}', "'stop' must be a non-empty string or a list of them, not 5"),
+        ('{"context": "x", "answer": "1", "stop": [""]}', "'stop' must be a non-empty string or a list of them"),
+        ('{"context": "x", "answer": ["1"]}', "'answer' must be a string or a number"),
+        ('{"context": "x", "test": 5}', "'test' must be a string, not 5"),
+        ('{"context": "x", "test": "pass", "prompt_is_code": "yes"}', "'prompt_is_code' must be true or false"),
+        ('{"id": [1], "context": "x", "answer": "1"}', "'id' must be a string or an integer"),
+        ("[1, 2]", "capitals.jsonl:1: each line must be a JSON object"),
+        (
+            '{"id": "a", "context": "x", "answer": "1"}\n{"id": "a", "context": "y", "answer": "2"}',
+            "capitals.jsonl:2: id 'a' is also on line 1",
+        ),
     ],
 )
 def test_bad_jsonl_lines_are_named(tmp_path, line, message):
@@ -110,6 +129,13 @@ def test_bad_jsonl_lines_are_named(tmp_path, line, message):
     path.write_text(line + "\n")
     with pytest.raises(MaiError, match=re.escape(message)):
         load_task(str(path))
+
+
+def test_stop_may_be_one_string_and_answers_numbers(tmp_path):
+    path = tmp_path / "sums.jsonl"
+    path.write_text('{"id": 7, "context": "6 * 7 =", "answer": 42, "stop": "\\n\\n"}\n')
+    (example,) = load_task(str(path)).examples
+    assert (example.id, example.answer, example.stop) == ("7", "42", ("\n\n",))
 
 
 def test_mixed_kinds_in_one_file_are_refused(tmp_path):

@@ -317,7 +317,7 @@ def load_jsonl_task(path: Path) -> Task:
     """
     if not path.is_file():
         raise MaiError(f"task file {path} does not exist", parameter="tasks")
-    examples, kinds = [], set()
+    examples, kinds, first_line = [], set(), {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -326,6 +326,9 @@ def load_jsonl_task(path: Path) -> Task:
         except json.JSONDecodeError as e:
             raise MaiError(f"{path}:{number}: not JSON ({e})", parameter="tasks") from None
         kind, example = _example_from_record(record, f"{path.stem}/{number}", f"{path}:{number}")
+        if example.id in first_line:  # results and `mai eval compare` match examples by id
+            raise MaiError(f"{path}:{number}: id {example.id!r} is also on line {first_line[example.id]}")
+        first_line[example.id] = number
         kinds.add(kind)
         examples.append(example)
     if not examples:
@@ -338,14 +341,15 @@ def load_jsonl_task(path: Path) -> Task:
 
 
 def _example_from_record(record: dict, default_id: str, where: str) -> tuple[str, Example]:
-    if not isinstance(record, dict) or not isinstance(record.get("context", ""), str):
-        raise MaiError(f"{where}: each line must be an object with a string 'context'", parameter="tasks")
-    common = {"id": str(record.get("id", default_id)), "context": record.get("context", "")}
-    stop = tuple(record.get("stop", ()))
+    if not isinstance(record, dict):
+        raise MaiError(f"{where}: each line must be a JSON object", parameter="tasks")
+    read = FieldReader(record, where)
+    common = {"id": read.id(default_id), "context": read.text("context", required="contexts" not in record)}
     if "choices" in record:
-        choices, contexts = tuple(record["choices"]), tuple(record.get("contexts", ()))
-        gold = record.get("gold")
-        if len(choices) < 2 or not isinstance(gold, int) or not 0 <= gold < len(choices):
+        choices = read.texts("choices")
+        contexts = read.texts("contexts") if "contexts" in record else ()
+        gold = read.integer("gold", minimum=0)
+        if len(choices) < 2 or gold >= len(choices):
             raise MaiError(f"{where}: a choice example needs 2+ 'choices' and an integer 'gold' index among them")
         if contexts and len(contexts) != len(choices):
             raise MaiError(f"{where}: 'contexts' must have one entry per choice")
@@ -353,26 +357,88 @@ def _example_from_record(record: dict, default_id: str, where: str) -> tuple[str
     if "test" in record:
         return "code", Example(
             **common,
-            test=record["test"],
-            prompt_is_code=bool(record.get("prompt_is_code", False)),
-            stop=stop or CODE_STOPS,
-            max_new_tokens=int(record.get("max_new_tokens", 256)),
+            test=read.text("test"),
+            prompt_is_code=read.boolean("prompt_is_code"),
+            stop=read.stops() or CODE_STOPS,
+            max_new_tokens=read.integer("max_new_tokens", default=256, minimum=1),
         )
     if "answer" in record:
-        pattern = record.get("pattern", "")
+        answer, pattern = read.answer(), read.text("pattern", required=False)
         try:
             re.compile(pattern)
         except re.error as e:
             raise MaiError(f"{where}: 'pattern' is not a valid regex ({e})") from None
         return "generate", Example(
             **common,
-            answer=str(record["answer"]),
+            answer=answer,
             pattern=pattern,
-            stop=stop or ("\n",),
-            max_new_tokens=int(record.get("max_new_tokens", 32)),
-            reference=str(record["answer"]),
+            stop=read.stops() or ("\n",),
+            max_new_tokens=read.integer("max_new_tokens", default=32, minimum=1),
+            reference=answer,
         )
     raise MaiError(f"{where}: a line needs 'choices' (choice), 'answer' (generate) or 'test' (code)")
+
+
+class FieldReader:
+    """Typed reads of one task line's fields; a field of the wrong type is a MaiError naming the line and field."""
+
+    def __init__(self, record: dict, where: str):
+        self.record, self.where = record, where
+
+    def refuse(self, key: str, wanted: str) -> MaiError:
+        return MaiError(
+            f"{self.where}: '{key}' must be {wanted}, not {json.dumps(self.record[key])}", parameter="tasks"
+        )
+
+    def text(self, key: str, required: bool = True) -> str:
+        if key not in self.record:
+            if required:
+                raise MaiError(f"{self.where}: the line needs a string '{key}'", parameter="tasks")
+            return ""
+        if not isinstance(self.record[key], str):
+            raise self.refuse(key, "a string")
+        return self.record[key]
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.record[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.refuse(key, "a list of strings")
+        return tuple(value)
+
+    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int:
+        if key not in self.record and default is None:
+            raise MaiError(f"{self.where}: the line needs an integer '{key}'", parameter="tasks")
+        value = self.record.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.refuse(key, f"an integer ≥ {minimum}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.record.get(key, False)
+        if not isinstance(value, bool):
+            raise self.refuse(key, "true or false")
+        return value
+
+    def id(self, default: str) -> str:
+        value = self.record.get("id", default)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.refuse("id", "a string or an integer")
+        return str(value)
+
+    def answer(self) -> str:
+        """The expected answer: a string, or a number as answers to arithmetic often are."""
+        value = self.record["answer"]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.refuse("answer", "a string or a number")
+        return str(value)
+
+    def stops(self) -> tuple[str, ...]:
+        """'stop' as one string or a list of them, as OpenAI's API takes it; none may be empty."""
+        value = self.record.get("stop", [])
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(v, str) and v for v in stops):
+            raise self.refuse("stop", "a non-empty string or a list of them")
+        return tuple(stops)
 
 
 def evaluation_texts() -> Iterator[tuple[str, str]]:
