@@ -44,6 +44,10 @@ def test_task_files_hold_exactly_what_mai_eval_scores(tmp_path):
     assert yaml.safe_load((tmp_path / "mai_lambada.yaml").read_text())["output_type"] == "generate_until"
     with pytest.raises(MaiError, match="code task"):
         write_lm_eval_tasks(tmp_path, ["humaneval"], limit=1)
+    elsewhere = tmp_path / "all"
+    with pytest.raises(MaiError, match="humaneval, mbpp: code tasks.*--tasks core,gsm8k"):
+        write_lm_eval_tasks(elsewhere, ["all"], limit=1)
+    assert not elsewhere.exists()  # refused before any file is written
 
 
 def test_lm_eval_with_the_mai_model_agrees_with_mai_eval_per_example(trained_run, tmp_path):

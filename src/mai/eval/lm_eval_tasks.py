@@ -24,16 +24,22 @@ def write_lm_eval_tasks(folder: Path, tasks: list[str], limit: int | None = None
     """Write each task's JSONL and YAML into `folder`; return the lm-eval task names."""
     import yaml  # installed with lm-eval
 
+    loaded = [load_task(name, limit) for name in resolve_tasks(tasks)]
+    code = [task.name for task in loaded if task.kind == "code"]
+    if code:  # refused before anything is written
+        raise MaiError(
+            f"{', '.join(code)}: code tasks; lm-eval task files are written for choice and generate tasks "
+            "only, so leave them out (the core suite and gsm8k: --tasks core,gsm8k)",
+            parameter="tasks",
+        )
+    docs = {task.name: lm_eval_docs(task) for task in loaded}
     folder = folder.resolve()
     make_directory(folder)
     names = []
-    for name in resolve_tasks(tasks):
-        task = load_task(name, limit)
-        if task.kind == "code":
-            raise MaiError(f"{task.name} is a code task; lm-eval task files are written for choice and generate tasks")
+    for task in loaded:
         lm_name = PREFIX + task.name
         data = folder / f"{lm_name}.jsonl"
-        atomic_write_text(data, "".join(json.dumps(doc) + "\n" for doc in lm_eval_docs(task)))
+        atomic_write_text(data, "".join(json.dumps(doc) + "\n" for doc in docs[task.name]))
         config = lm_eval_config(task, lm_name, data)
         atomic_write_text(folder / f"{lm_name}.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         names.append(lm_name)
