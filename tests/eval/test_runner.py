@@ -82,6 +82,36 @@ def test_a_users_jsonl_task(trained_run, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["sonnets"]["source"] == str(task)
 
 
+def test_a_later_eval_of_the_same_weights_adds_its_tasks(trained_run, tmp_path):
+    """Scoring one more task keeps the others in eval.json; results of other weights or settings go."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained_run.path, run.path)
+    task = tmp_path / "sonnets.jsonl"
+    task.write_text(
+        json.dumps({"context": "Shall I compare thee to a summer's", "choices": [" day", " pie"], "gold": 0})
+    )
+
+    def saved() -> tuple[dict, list[str]]:
+        samples = (run.path / "eval_samples.jsonl").read_text().splitlines()
+        return json.loads((run.path / "eval.json").read_text()), [json.loads(line)["task"] for line in samples]
+
+    evaluate(run.path, ["arc_easy", "lambada"], limit=2, bpb=False)
+    evaluate(run.path, ["lambada", str(task)], limit=2, bpb=False)
+    record, sample_tasks = saved()
+    assert list(record["tasks"]) == ["arc_easy", "lambada", "sonnets"] == record["settings"]["tasks"]
+    assert record["core"] == pytest.approx(sum(t["centered"] for t in record["tasks"].values()) / 3)
+    assert sorted(sample_tasks) == ["arc_easy"] * 2 + ["lambada"] * 2 + ["sonnets"]
+
+    evaluate(run.path, [str(task)], limit=1, bpb=False)  # another --limit
+    assert list(saved()[0]["tasks"]) == ["sonnets"]
+    evaluate(run.path, ["arc_easy"], limit=1, bpb=False)
+    record, _ = saved()
+    atomic_write_json(run.path / "eval.json", record | {"model_sha256": "0" * 64})  # as if other weights wrote it
+    evaluate(run.path, [str(task)], limit=1, bpb=False)
+    record, sample_tasks = saved()
+    assert list(record["tasks"]) == ["sonnets"] and sample_tasks == ["sonnets"]
+
+
 def test_code_tasks_are_executed_and_scored(trained_run, tmp_path):
     """The tiny model's HumanEval completions run in the sandbox; they fail, and the run completes."""
     record = evaluate(trained_run.path, ["humaneval"], limit=2, out=tmp_path / "eval.json", bpb=False)

@@ -30,7 +30,7 @@ from mai.eval.record import read_eval
 from mai.eval.sandbox import Limits, run_programs
 from mai.eval.scoring import Scorer
 from mai.export import load_pretrained
-from mai.run import RunDir, atomic_write_json, atomic_write_text
+from mai.run import CheckpointMeta, RunDir, atomic_write_json, atomic_write_text, read_json
 from mai.taskdata import Task, load_task, resolve_tasks
 
 console = Console(stderr=True)
@@ -73,6 +73,9 @@ def evaluate(
     record = {
         "model": str(path),
         "checkpoint": checkpoint,
+        "model_sha256": read_json(run.latest_checkpoint() / "meta.json", CheckpointMeta)["model_sha256"]
+        if run
+        else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"limit": limit, "precision": scorer.precision, "tasks": names, "device": device},
         "bpb": evaluate_bpb(run, scorer) if bpb and run is not None and run.manifest_path.is_file() else None,
@@ -88,9 +91,41 @@ def evaluate(
         console.print(f"{path} is not a run directory, so nothing was saved; pass --out FILE to save eval.json")
         return record
     out = out or path / "eval.json"
+    samples = keep_earlier_tasks(out, record) + samples
     atomic_write_json(out, record)
-    atomic_write_text(out.with_name(out.stem + "_samples.jsonl"), "".join(_json_line(s) for s in samples))
+    atomic_write_text(samples_path(out), "".join(_json_line(s) for s in samples))
     return record
+
+
+def samples_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_samples.jsonl")
+
+
+def keep_earlier_tasks(out: Path, record: dict) -> list[dict]:
+    """Add to `record` the tasks that the eval.json at `out` scored on the same weights with the same
+    settings, and return their samples: evaluating one more task adds it rather than dropping the rest.
+    """
+    try:
+        earlier = read_eval(out) if out.is_file() else None
+        lines = samples_path(out).read_text().splitlines() if samples_path(out).is_file() else []
+        earlier_samples = [json.loads(line) for line in lines]
+    except (MaiError, OSError, ValueError):  # unreadable: replaced, as any other earlier result
+        return []
+    same = (
+        earlier is not None
+        and record["model_sha256"] is not None
+        and earlier.get("model_sha256") == record["model_sha256"]
+        and (earlier["settings"]["limit"], earlier["settings"]["precision"])
+        == (record["settings"]["limit"], record["settings"]["precision"])
+    )
+    kept = [name for name in earlier["tasks"] if name not in record["tasks"]] if same else []
+    if not kept:
+        return []
+    record["tasks"] = {name: earlier["tasks"][name] for name in kept} | record["tasks"]
+    record["settings"]["tasks"] = list(record["tasks"])
+    record["core"] = core_score(record["tasks"])
+    console.print(f"{out}: kept the earlier results of {', '.join(kept)} (same weights, limit and precision)")
+    return [sample for sample in earlier_samples if isinstance(sample, dict) and sample.get("task") in kept]
 
 
 def check_out(out: Path) -> None:
