@@ -1,5 +1,6 @@
 """`mai gateway` in a subprocess, in front of real `mai serve` processes and fast stand-in backends."""
 
+import asyncio
 import json
 import os
 import socket
@@ -7,23 +8,39 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from conftest import run_mai
 from mai.errors import MaiError
-from mai.serve.gateway import load_gateway_config
+from mai.serve.gateway import ClientKey, Quotas, load_gateway_config
 from serve.live_server import MAI, Server, free_port
 
 
 class StandIn:
-    """A lightweight OpenAI-compatible backend on a thread: answers its name at once, counts requests."""
+    """A lightweight OpenAI-compatible backend on a thread: answers its name at once, counts requests.
 
-    def __init__(self, name: str, delay_s: float = 0.0):
+    `delay_s` blocks its loop before it answers (a stuck vendor); a `status` other than 200 is an error
+    answer; a stream is `events` chunks `gap_s` apart. `stall_s` holds the answer after its headers:
+    a JSON body before the body, a stream before its chunk number `stall_at`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        delay_s: float = 0.0,
+        status: int = 200,
+        events: int = 1,
+        gap_s: float = 0.0,
+        stall_s: float = 0.0,
+        stall_at: int = 0,
+    ):
         self.name, self.hits, self.port = name, 0, free_port()
         app = FastAPI()
 
@@ -32,12 +49,33 @@ class StandIn:
             body = await request.json()
             self.hits += 1
             time.sleep(delay_s)  # blocks this backend's loop on purpose: a stuck vendor
+            if status != 200:
+                error = {"message": f"{name} answers {status}", "type": "x", "param": None, "code": None}
+                return JSONResponse({"error": error}, status_code=status)
+            head = {"id": "x", "object": "text_completion", "created": 0, "model": body["model"]}
+            if body.get("stream"):
+                with_usage = (body.get("stream_options") or {}).get("include_usage")
+                return StreamingResponse(stream(head, with_usage), media_type="text/event-stream")
             choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": "stop"}
             usage = {"prompt_tokens": 5, "completion_tokens": 15, "total_tokens": 20}
-            return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"]} | {
-                "choices": [choice],
-                "usage": usage,
-            }
+            answer = head | {"choices": [choice], "usage": usage}
+            if stall_s:
+                return StreamingResponse(stalled(json.dumps(answer)), media_type="application/json")
+            return answer
+
+        async def stalled(answer: str):
+            await asyncio.sleep(stall_s)
+            yield answer
+
+        async def stream(head: dict, with_usage: bool):
+            choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": None}
+            for i in range(events):
+                await asyncio.sleep(stall_s if i == stall_at else gap_s if i else 0)
+                yield f"data: {json.dumps(head | {'choices': [choice]})}\n\n"
+            if with_usage:
+                usage = {"prompt_tokens": 5, "completion_tokens": events, "total_tokens": 5 + events}
+                yield f"data: {json.dumps(head | {'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
 
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         threading.Thread(target=self.server.run, daemon=True).start()
@@ -50,6 +88,10 @@ class StandIn:
 def stand_ins():
     backends = {name: StandIn(name) for name in ("a", "b", "c")}
     backends["slow"] = StandIn("slow", delay_s=3.0)
+    backends["stalled"] = StandIn("stalled", stall_s=2.0)
+    backends["cut"] = StandIn("cut", events=3, stall_s=2.0, stall_at=1)
+    backends["refusing"] = StandIn("refusing", status=401)
+    backends["streaming"] = StandIn("streaming", events=4, gap_s=0.5)
     yield backends
     for backend in backends.values():
         backend.server.should_exit = True
@@ -73,6 +115,28 @@ def start_gateway(tmp_path, config: str) -> tuple[subprocess.Popen, str]:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError("mai gateway did not start")
+
+
+@contextmanager
+def gateway_over(tmp_path, config: str):
+    """The url of `start_gateway`'s gateway, stopped on leaving."""
+    process, url = start_gateway(tmp_path, config)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def usage_records(tmp_path, count: int) -> list[dict]:
+    """The usage log once it has `count` records: a stream's is written just after the client's [DONE]."""
+    path, records = tmp_path / "usage.jsonl", []
+    for _ in range(50):
+        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        if len(records) >= count:
+            return records
+        time.sleep(0.1)
+    raise AssertionError(f"the usage log has {len(records)} records, not {count}")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +180,39 @@ def test_weighted_split_over_400_requests(gateway, stand_ins):
     metrics = httpx.get(f"{url}/metrics").text
     assert f'mai_gateway_requests_total{{backend="{stand_ins["a"].url}#m-a",status="200"}}' in metrics
     assert f'mai_gateway_tokens_total{{backend="{stand_ins["b"].url}#m-b",kind="completion"}}' in metrics
+
+
+def test_stream_that_is_not_a_json_boolean_is_a_400(gateway, stand_ins):
+    """A backend may read "false" as false and answer JSON, which the gateway would relay as a stream of no tokens,
+    unmetered. (After the weighted split, which counts this key's requests to "ab".)"""
+    url, _ = gateway
+    auth = {"Authorization": "Bearer key-a"}
+    hits = stand_ins["a"].hits + stand_ins["b"].hits
+    for stream in ("false", "true", 0, 1, {}):
+        body = {"model": "ab", "prompt": "x", "stream": stream}
+        response = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=10)
+        assert response.status_code == 400, (stream, response.text)
+        error = response.json()["error"]
+        assert error["param"] == "stream" and "true or false" in error["message"], error
+    assert stand_ins["a"].hits + stand_ins["b"].hits == hits
+    body = {"model": "ab", "prompt": "x", "stream": None}
+    response = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=10)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 15, response.text
+
+
+def test_more_than_100_concurrent_streams_all_succeed(stand_ins, tmp_path):
+    """httpx's default pool of 100 connections would hold the rest back for timeout_s, then answer them 502."""
+    config = f'[models.s]\ntimeout_s = 1.0\nbackends = [{{url = "{stand_ins["streaming"].url}", model = "m-s"}}]\n'
+
+    async def streams(url: str) -> list[httpx.Response]:  # each takes 1.5 s: four chunks 0.5 s apart
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=None), timeout=30) as client:
+            body = {"model": "s", "prompt": "x", "stream": True}
+            return await asyncio.gather(*(client.post(f"{url}/v1/completions", json=body) for _ in range(150)))
+
+    with gateway_over(tmp_path, config) as url:
+        responses = asyncio.run(streams(url))
+    assert [r.status_code for r in responses] == [200] * 150, {r.status_code: r.text for r in responses}
+    assert all(r.text.count('"text": "streaming"') == 4 and r.text.endswith("data: [DONE]\n\n") for r in responses)
 
 
 def test_timeout_falls_back(gateway):
@@ -245,6 +342,10 @@ key_env = "KEY_A"
     finally:
         process.terminate()
         process.wait(timeout=30)
+    assert f"failed: {down[0]}#m-1: ConnectError; {down[1]}#m-2: ConnectError" in e.value.message
+    log = (tmp_path / "gateway.log").read_text()
+    assert f"mai gateway: backend failed: {down[0]}#m-1: ConnectError\n" in log
+    assert f"mai gateway: backend failed: {down[1]}#m-2: ConnectError\n" in log
     [record] = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
     assert record.pop("time") > 0 and record.pop("seconds") >= 0
     assert record == {
@@ -256,6 +357,75 @@ key_env = "KEY_A"
         "prompt_tokens": 0,
         "completion_tokens": 0,
     }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_backend_that_stalls_after_its_headers_falls_back(stand_ins, tmp_path, stream):
+    """Headers, then nothing for longer than timeout_s: the client has nothing yet, so the next backend answers.
+    (mai serve sends a stream's headers at once, then waits for its first token.)"""
+    stalled, c = stand_ins["stalled"], stand_ins["c"]
+    config = f"""
+[models.stalled]
+timeout_s = 0.5
+backends = [{{url = "{stalled.url}", model = "m-stalled"}}]
+fallbacks = [{{url = "{c.url}", model = "m-c"}}]
+"""
+    with gateway_over(tmp_path, config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = client.completions.create(model="stalled", prompt="x", max_tokens=1, stream=stream)
+        text = "".join(chunk.choices[0].text for chunk in answer) if stream else answer.choices[0].text
+        [record] = usage_records(tmp_path, 1)
+    assert text == "c"
+    assert (record["backend"], record["status"], len(record["attempts"])) == (f"{c.url}#m-c", 200, 2)
+    log = (tmp_path / "gateway.log").read_text()
+    failed = [line for line in log.splitlines() if line.startswith("mai gateway: backend failed: ")]
+    assert failed == [f"mai gateway: backend failed: {stalled.url}#m-stalled: {failed[0].split()[-1]}"], log
+    assert failed[0].endswith(("TimeoutError", "ReadTimeout")) and "Traceback" not in log
+
+
+def test_stream_cut_midway_ends_with_an_error_event(stand_ins, tmp_path):
+    """Too late to fall back once the client has a chunk: it gets an error event, the usage log a 502."""
+    cut = stand_ins["cut"]
+    config = f"""
+[models.cut]
+timeout_s = 0.5
+backends = [{{url = "{cut.url}", model = "m-cut"}}]
+fallbacks = [{{url = "{stand_ins["c"].url}", model = "m-c"}}]
+"""
+    with gateway_over(tmp_path, config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        texts = []
+        with pytest.raises(openai.APIError) as e:
+            for chunk in client.completions.create(model="cut", prompt="x", max_tokens=1, stream=True):
+                texts.append(chunk.choices[0].text)
+        [record] = usage_records(tmp_path, 1)
+    message = f"backend {cut.url}#m-cut failed mid-stream: ReadTimeout"
+    assert texts == ["cut"] and type(e.value) is openai.APIError and e.value.message == message
+    assert e.value.body == {"message": message, "type": "server_error", "param": None, "code": None}
+    assert (record["status"], record["completion_tokens"], record["attempts"]) == (502, 1, [f"{cut.url}#m-cut"])
+    log = (tmp_path / "gateway.log").read_text()
+    assert f"mai gateway: {message}\n" in log and "Traceback" not in log
+
+
+def test_backend_refusing_the_gateway_key_falls_back(stand_ins, tmp_path):
+    """A backend's 401 or 403 is about the gateway's own key (its api_key_env), not the client's."""
+    refusing = f'{{url = "{stand_ins["refusing"].url}", model = "m-r", api_key_env = "KEY_A"}}'
+    config = f"""
+[models.fallback]
+backends = [{refusing}]
+fallbacks = [{{url = "{stand_ins["c"].url}", model = "m-c"}}]
+
+[models.alone]
+backends = [{refusing}]
+"""
+    with gateway_over(tmp_path, config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert client.completions.create(model="fallback", prompt="x", max_tokens=1).choices[0].text == "c"
+        with pytest.raises(openai.InternalServerError) as e:
+            client.completions.create(model="alone", prompt="x", max_tokens=1)
+    refused = f"{stand_ins['refusing'].url}#m-r: 401, refusing the gateway's own key: check KEY_A"
+    assert e.value.status_code == 502 and refused in e.value.message
+    assert (tmp_path / "gateway.log").read_text().count(f"mai gateway: backend failed: {refused}\n") == 2
 
 
 def test_gateway_says_where_it_listens(gateway):
@@ -274,6 +444,36 @@ def test_unset_backend_key_fails_at_start(tmp_path, monkeypatch):
         load_gateway_config(path)
     message = str(e.value)
     assert "https://vendor.example/v1#v" in message and "MAI_TEST_VENDOR_KEY" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "ftp://127.0.0.1/v1"])
+def test_backend_url_that_is_not_http_fails_at_start(tmp_path, url):
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[models.chat]\nbackends = [{{url = "{url}", model = "m"}}]\n')
+    with pytest.raises(MaiError) as e:
+        load_gateway_config(path)
+    message = str(e.value)
+    assert f"url '{url}' is not an http:// or https:// URL" in message and "\n" not in message
+    assert 'url = "http://127.0.0.1:8000/v1"' in message
+
+
+def test_backend_url_loses_its_trailing_slash(tmp_path):
+    """The gateway appends /completions; ".../v1/" would ask the backend for /v1//completions."""
+    path = tmp_path / "gateway.toml"
+    path.write_text('[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1/", model = "m"}]\n')
+    assert load_gateway_config(path).models["chat"].backends[0].url == "http://127.0.0.1:1/v1"
+
+
+def test_two_keys_with_one_secret_fail_at_start(monkeypatch):
+    """They would merge into one, its quota and usage lines under one name."""
+    monkeypatch.setenv("MAI_TEST_KEY_1", "same")
+    monkeypatch.setenv("MAI_TEST_KEY_2", "same")
+    keys = {"team-a": ClientKey(key_env="MAI_TEST_KEY_1"), "team-b": ClientKey(key_env="MAI_TEST_KEY_2")}
+    with pytest.raises(MaiError) as e:
+        Quotas(keys)
+    message = str(e.value)
+    assert message.startswith("keys team-a and team-b hold the same secret (MAI_TEST_KEY_1 and MAI_TEST_KEY_2)")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize("where", ["folder", "missing/usage.jsonl"])

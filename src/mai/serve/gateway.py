@@ -1,11 +1,14 @@
 """`mai gateway CONFIG`: one OpenAI-compatible front over in-house servers and external vendors.
 
 Each model alias routes to weighted backends (smooth weighted round-robin, so a 3:1 split is
-exactly 3:1) and then to ordered fallbacks; a backend that errs (connection failure, timeout, 429
-or 5xx) passes the request to the next. Client keys (Bearer, values read from environment
-variables) carry token quotas; every request that reached the backends (answered, or a 502 when
-all of them failed) is appended to a JSONL usage log, and /metrics counts requests, tokens and
-latency per backend. An example config:
+exactly 3:1) and then to ordered fallbacks; a backend that errs before the client has any of its
+answer (connection failure, timeout, a stream without a first event within timeout_s, 401 or 403
+refusing the gateway's own key, 429 or 5xx) passes the request to the next, and each such failure
+is a line on stderr. A stream whose backend fails after the client had part of it ends with an
+error event. Client keys (Bearer, values read from environment variables) carry token quotas;
+every request that reached the backends (answered, or a 502 when all of them failed) is appended
+to a JSONL usage log, and /metrics counts requests, tokens and latency per backend. An example
+config:
 
     port = 9000
     usage_log = "gateway_usage.jsonl"
@@ -26,22 +29,25 @@ latency per backend. An example config:
     quota_window_s = 86400
 """
 
+import asyncio
 import json
 import os
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mai.config import read_toml
 from mai.errors import MaiError
-from mai.serve.protocol import lone_surrogate, not_text
+from mai.serve.protocol import ErrorInfo, ErrorResponse, lone_surrogate, not_text
 from mai.serve.web import add_health_and_metrics, add_route_errors, bind, error_response, run_app, url_of
 
 
@@ -54,6 +60,11 @@ class Backend(Section):
     model: str = Field(description="The model name this backend expects.")
     weight: int = Field(1, ge=0, description="Share of the alias's traffic among its backends.")
     api_key_env: str | None = Field(None, description="Environment variable holding this backend's API key.")
+
+    @field_validator("url")
+    @classmethod
+    def without_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")  # the gateway appends "/completions": ".../v1/" would ask for "/v1//completions"
 
     @property
     def name(self) -> str:
@@ -89,15 +100,22 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise MaiError(f"{path}: {where}: {first['msg']}") from None
-    check_backend_keys(config)
+    check_backends(config)
     check_usage_log(config.usage_log)
     return config
 
 
-def check_backend_keys(config: GatewayConfig) -> None:
-    """Every backend's api_key_env is set now, rather than each of its requests failing later."""
+def check_backends(config: GatewayConfig) -> None:
+    """Every backend's url is a full http(s) URL and its api_key_env is set now, rather than each of its
+    requests failing later."""
     for alias, route in config.models.items():
         for backend in (*route.backends, *route.fallbacks):
+            url = urlsplit(backend.url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise MaiError(
+                    f"model {alias}: backend {backend.name}: url {backend.url!r} is not an http:// or https:// URL; "
+                    'write the base URL in full, as in url = "http://127.0.0.1:8000/v1"'
+                )
             if backend.api_key_env and not os.environ.get(backend.api_key_env):
                 raise MaiError(
                     f"model {alias}: backend {backend.name}: environment variable {backend.api_key_env} "
@@ -143,6 +161,12 @@ class Quotas:
             secret = os.environ.get(key.key_env)
             if not secret:
                 raise MaiError(f"key {name}: environment variable {key.key_env} is empty or unset; export the key")
+            if secret in self.secrets:
+                other = self.secrets[secret]
+                raise MaiError(
+                    f"keys {other} and {name} hold the same secret ({keys[other].key_env} and {key.key_env}); "
+                    "give each its own, as quotas and the usage log count per key"
+                )
             self.secrets[secret] = name
         self.used = {name: 0 for name in keys}
         self.window_start = {name: time.monotonic() for name in keys}
@@ -198,11 +222,56 @@ def not_a_json_number(constant: str):
     raise ValueError(f"{constant} is not a JSON number")
 
 
+class BackendFailed(Exception):
+    """An attempt that failed, before the client had any of its answer, in a way the next backend might not."""
+
+
+def failure(backend: Backend, outcome: str) -> str:
+    """What went wrong, for stderr and the client's 502; `outcome` is a status code or an exception's name."""
+    if outcome not in ("401", "403"):
+        return f"{backend.name}: {outcome}"
+    if backend.api_key_env:
+        return f"{backend.name}: {outcome}, refusing the gateway's own key: check {backend.api_key_env}"
+    return f"{backend.name}: {outcome}, wanting a key the gateway does not send: set its api_key_env"
+
+
+async def head_of(response: httpx.Response, stream: bool, timeout_s: float) -> bytes | AsyncIterator[str]:
+    """The whole body; for a 200 stream, its lines from the first, once its first event came within timeout_s.
+
+    Raises BackendFailed on a status the next backend might not answer, or a stream that ends without events.
+    """
+    status = response.status_code
+    if status in (401, 403, 429) or status >= 500:
+        raise BackendFailed(str(status))
+    if not stream or status != 200:
+        return await response.aread()
+    lines, head = response.aiter_lines(), []
+    async with asyncio.timeout(timeout_s):  # overall, as keep-alive comments would reset a per-read timeout
+        async for line in lines:
+            head.append(line)
+            if line.startswith("data:"):
+                return replayed(head, lines)
+    raise BackendFailed("a stream without events")
+
+
+async def replayed(head: list[str], rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    for line in head:
+        yield line
+    async for line in rest:
+        yield line
+
+
+def error_event(message: str) -> str:
+    """An OpenAI-style error event; the blank line first ends any event the backend left half sent."""
+    error = ErrorResponse(error=ErrorInfo(message=message, type="server_error"))
+    return f"\ndata: {error.model_dump_json()}\n\n"
+
+
 def build_gateway(config: GatewayConfig) -> FastAPI:
     app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
     quotas, metrics = Quotas(config.keys), GatewayMetrics()
     pickers = {alias: WeightedRoundRobin([b.weight for b in route.backends]) for alias, route in config.models.items()}
-    client = httpx.AsyncClient()
+    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))  # a stream holds one for its length
     log_lock = threading.Lock()
     created = int(time.time())
     add_route_errors(app)
@@ -254,6 +323,9 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         if alias not in config.models:
             message = f"model {alias!r} is not routed here; known: {sorted(config.models)}"
             return error_response(404, message, param="model")
+        if body.get("stream") is not None and not isinstance(body["stream"], bool):  # "false" is truthy
+            message = f"stream must be true or false (a JSON boolean), not {json.dumps(body['stream'])}"
+            return error_response(400, message, param="stream")
         if not isinstance(body.get("stream_options") or {}, dict):  # the gateway adds include_usage to it
             return error_response(400, "stream_options must be an object", param="stream_options")
         left, reset_s = quotas.remaining(client_name)
@@ -261,20 +333,28 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             message = f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s"
             return error_response(429, message, "rate_limit_error", headers={"Retry-After": str(max(1, int(reset_s)))})
         route = config.models[alias]
-        start, attempts = time.perf_counter(), []  # the usage log's seconds: the client's wait, fallbacks included
+        start, attempts, failures = time.perf_counter(), [], []  # seconds in the usage log: fallbacks included
         for i, backend in enumerate(order(alias)):
             if i:
                 metrics.fallbacks.labels(alias).inc()
-            response = await attempt(backend, path, body, route.timeout_s)
             attempts.append(backend.name)
-            if response is not None:
-                return await answer(response, backend, body, alias, client_name, attempts, start)
-        message = f"every backend of {alias!r} failed ({', '.join(attempts)}); see /metrics"
+            try:
+                response, content = await attempt(backend, path, body, route.timeout_s)
+            except BackendFailed as e:
+                failures.append(str(e))
+                continue
+            return answer(response, content, backend, body, alias, client_name, attempts, start)
+        message = f"every backend of {alias!r} failed: {'; '.join(failures)}"
         log_usage(usage_line(client_name, alias, None, attempts, 502, {}, start))  # no backend answered
         return error_response(502, message, "server_error")
 
-    async def attempt(backend: Backend, path: str, body: dict, timeout_s: float) -> httpx.Response | None:
-        """The backend's open response, or None when it failed in a way the next backend might not."""
+    async def attempt(
+        backend: Backend, path: str, body: dict, timeout_s: float
+    ) -> tuple[httpx.Response, bytes | AsyncIterator[str]]:
+        """The backend's response and its whole body, or a stream's lines (see head_of).
+
+        Raises BackendFailed, counted in /metrics and printed, when the attempt failed.
+        """
         headers = {}
         if backend.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ[backend.api_key_env]}"  # checked at start
@@ -282,44 +362,45 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         if body.get("stream"):  # ask for the usage chunk, so quotas count streamed tokens exactly
             sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         upstream = client.build_request("POST", f"{backend.url}{path}", json=sent, headers=headers, timeout=timeout_s)
-        start = time.perf_counter()
+        start, response = time.perf_counter(), None
         try:
             response = await client.send(upstream, stream=True)
-        except httpx.HTTPError as e:
-            metrics.requests.labels(backend.name, type(e).__name__).inc()
-            return None
+            metrics.latency.labels(backend.name).observe(time.perf_counter() - start)
+            content = await head_of(response, bool(body.get("stream")), timeout_s)
+        except (httpx.HTTPError, TimeoutError, BackendFailed) as e:
+            if response is not None:
+                await response.aclose()
+            outcome = str(e) if isinstance(e, BackendFailed) else type(e).__name__
+            metrics.requests.labels(backend.name, outcome).inc()
+            what = failure(backend, outcome)
+            print(f"mai gateway: backend failed: {what}", file=sys.stderr, flush=True)
+            raise BackendFailed(what) from None
         metrics.requests.labels(backend.name, str(response.status_code)).inc()
-        metrics.latency.labels(backend.name).observe(time.perf_counter() - start)
-        if response.status_code == 429 or response.status_code >= 500:
-            await response.aclose()
-            return None
-        return response
+        return response, content
 
-    async def answer(response, backend, body, alias, client_name, attempts, start):
-        def record(usage: dict) -> None:
+    def answer(response, content, backend, body, alias, client_name, attempts, start):
+        def record(usage: dict, status: int) -> None:
             prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
             metrics.tokens.labels(backend.name, "prompt").inc(prompt)
             metrics.tokens.labels(backend.name, "completion").inc(completion)
             quotas.spend(client_name, prompt + completion)
-            log_usage(usage_line(client_name, alias, backend.name, attempts, response.status_code, usage, start))
+            log_usage(usage_line(client_name, alias, backend.name, attempts, status, usage, start))
 
-        if not body.get("stream") or response.status_code != 200:
-            content = await response.aread()
-            await response.aclose()
+        if isinstance(content, bytes):
             try:
                 usage = json.loads(content).get("usage") or {}
             except (ValueError, AttributeError):
                 usage = {}
-            record(usage)
+            record(usage, response.status_code)
             media = response.headers.get("content-type", "application/json")
             return Response(content, status_code=response.status_code, media_type=media)
 
         wants_usage = (body.get("stream_options") or {}).get("include_usage")
 
         async def relay():
-            usage, chunks, skip_blank = {}, 0, False
+            usage, chunks, skip_blank, status = {}, 0, False, 200
             try:
-                async for line in response.aiter_lines():
+                async for line in content:
                     if skip_blank and not line:
                         skip_blank = False
                         continue
@@ -332,9 +413,13 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
                                 skip_blank = True  # the usage chunk the gateway asked for, not the client
                                 continue
                     yield line + "\n"
+            except httpx.HTTPError as e:  # the client has part of the answer: too late to fall back
+                status, message = 502, f"backend {backend.name} failed mid-stream: {type(e).__name__}"
+                print(f"mai gateway: {message}", file=sys.stderr, flush=True)
+                yield error_event(message)
             finally:
                 await response.aclose()
-                record(usage or {"completion_tokens": chunks})  # a backend without usage chunks: one per event
+                record(usage or {"completion_tokens": chunks}, status)  # a backend without usage chunks: one per event
 
         return StreamingResponse(relay(), media_type="text/event-stream")
 
