@@ -91,6 +91,7 @@ def stand_ins():
     backends["stalled"] = StandIn("stalled", stall_s=2.0)
     backends["cut"] = StandIn("cut", events=3, stall_s=2.0, stall_at=1)
     backends["refusing"] = StandIn("refusing", status=401)
+    backends["missing"] = StandIn("missing", status=404)
     backends["streaming"] = StandIn("streaming", events=4, gap_s=0.5)
     yield backends
     for backend in backends.values():
@@ -426,6 +427,20 @@ backends = [{refusing}]
     refused = f"{stand_ins['refusing'].url}#m-r: 401, refusing the gateway's own key: check KEY_A"
     assert e.value.status_code == 502 and refused in e.value.message
     assert (tmp_path / "gateway.log").read_text().count(f"mai gateway: backend failed: {refused}\n") == 2
+
+
+def test_backend_without_the_configured_model_falls_back(stand_ins, tmp_path):
+    """A backend's 404 means the gateway's config names a model or url it lacks: the client's alias was fine."""
+    config = f"""
+[models.chat]
+backends = [{{url = "{stand_ins["missing"].url}", model = "small"}}]
+fallbacks = [{{url = "{stand_ins["c"].url}", model = "m-c"}}]
+"""
+    with gateway_over(tmp_path, config) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert client.completions.create(model="chat", prompt="x", max_tokens=1).choices[0].text == "c"
+    missing = f"{stand_ins['missing'].url}#small: 404, no such model or route there: check the backend's url and model"
+    assert f"mai gateway: backend failed: {missing}\n" in (tmp_path / "gateway.log").read_text()
 
 
 def test_gateway_says_where_it_listens(gateway):

@@ -3,7 +3,7 @@
 Each model alias routes to weighted backends (smooth weighted round-robin, so a 3:1 split is
 exactly 3:1) and then to ordered fallbacks; a backend that errs before the client has any of its
 answer (connection failure, timeout, a stream without a first event within timeout_s, 401 or 403
-refusing the gateway's own key, 429 or 5xx) passes the request to the next, and each such failure
+refusing the gateway's own key, 404 for its model or route, 429 or 5xx) passes the request to the next, and each such failure
 is a line on stderr. A stream whose backend fails after the client had part of it ends with an
 error event. Client keys (Bearer, values read from environment variables) carry token quotas;
 every request that reached the backends (answered, or a 502 when all of them failed) is appended
@@ -228,6 +228,8 @@ class BackendFailed(Exception):
 
 def failure(backend: Backend, outcome: str) -> str:
     """What went wrong, for stderr and the client's 502; `outcome` is a status code or an exception's name."""
+    if outcome == "404":
+        return f"{backend.name}: 404, no such model or route there: check the backend's url and model"
     if outcome not in ("401", "403"):
         return f"{backend.name}: {outcome}"
     if backend.api_key_env:
@@ -241,7 +243,7 @@ async def head_of(response: httpx.Response, stream: bool, timeout_s: float) -> b
     Raises BackendFailed on a status the next backend might not answer, or a stream that ends without events.
     """
     status = response.status_code
-    if status in (401, 403, 429) or status >= 500:
+    if status in (401, 403, 404, 429) or status >= 500:  # 401-404: the gateway's config, not the client's request
         raise BackendFailed(str(status))
     if not stream or status != 200:
         return await response.aread()
