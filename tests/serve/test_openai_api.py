@@ -1,7 +1,9 @@
 """The server through the official `openai` client, unmodified, and through plain HTTP for errors."""
 
+import json
 import math
 import socket
+import time
 
 import httpx
 import openai
@@ -277,3 +279,113 @@ def test_health_and_metrics(client, server):
         "mai_kv_cache_usage_ratio",
     ):
         assert name in text
+
+
+def post(server, path: str, fields: dict) -> httpx.Response:
+    """A one-token request to `path` with `fields` added to (or replacing) a valid body."""
+    question = {"prompt": "x"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "x"}]}
+    body = {"model": server.model, **question, "max_tokens": 1, **fields}
+    return httpx.post(f"{server.url}{path}", json=body, timeout=30)
+
+
+def assert_400(response: httpx.Response, param: str, phrase: str) -> None:
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["type"] == "invalid_request_error", response.text
+    assert error["param"] == param and phrase in error["message"], error
+
+
+def test_fields_of_the_wrong_json_type_are_a_400_naming_them(server):
+    """Only true and false are booleans: "false" is not, as a gateway testing its truth would see."""
+    cases = [
+        ("/v1/completions", {"stream": "false"}, "stream", "valid boolean"),
+        ("/v1/completions", {"stream": "yes"}, "stream", "valid boolean"),
+        ("/v1/completions", {"stream": 1}, "stream", "valid boolean"),
+        ("/v1/completions", {"echo": "true"}, "echo", "valid boolean"),
+        ("/v1/completions", {"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "boolean"),
+        ("/v1/chat/completions", {"stream": 0}, "stream", "valid boolean"),
+        ("/v1/chat/completions", {"logprobs": "true"}, "logprobs", "valid boolean"),
+        ("/v1/completions", {"max_tokens": "5"}, "max_tokens", "valid integer"),
+        ("/v1/completions", {"max_tokens": 5.0}, "max_tokens", "valid integer"),
+        ("/v1/completions", {"n": True}, "n", "valid integer"),
+        ("/v1/completions", {"logprobs": True}, "logprobs", "valid integer"),
+        ("/v1/chat/completions", {"seed": "7"}, "seed", "valid integer"),
+        ("/v1/completions", {"temperature": "0"}, "temperature", "valid number"),
+    ]
+    for path, fields, param, phrase in cases:
+        assert_400(post(server, path, fields), param, phrase)
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        flags = {"stream": False, "stream_options": {"include_usage": True}, "temperature": 0}
+        assert post(server, path, flags).status_code == 200
+
+
+def test_prompt_token_id_out_of_range_is_named(server, trained_run):
+    vocab_size = load_tokenizer(trained_run).vocab_size
+    for prompt, bad in (([1, -5], -5), ([1, vocab_size, 2], vocab_size), ([[1], [2, -1]], -1)):
+        assert_400(
+            post(server, "/v1/completions", {"prompt": prompt}), "prompt", f"[0, {vocab_size}); the prompt has {bad}"
+        )
+
+
+def test_fields_the_server_does_not_implement_are_a_400(server):
+    """Refused, not ignored: a client would believe its setting took effect."""
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    cases = [
+        ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format", "JSON modes"),
+        ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools", "tool calls are not supported"),
+        ("/v1/completions", {"frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+        ("/v1/chat/completions", {"presence_penalty": -1}, "presence_penalty", "not supported"),
+        ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs", '"logprobs": true'),
+        ("/v1/chat/completions", {"logprobs": False, "top_logprobs": 0}, "top_logprobs", '"logprobs": true'),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}]},
+            "messages.0.content",
+            "part 1 is of type 'image_url'; only text parts are supported",
+        ),
+    ]
+    for path, fields, param, phrase in cases:
+        assert_400(post(server, path, fields), param, phrase)
+    # the values that ask for nothing are accepted, and so are fields we do not know (OpenAI's `user`, say)
+    neutral = {"frequency_penalty": 0, "presence_penalty": None, "user": "user-42", "foo": 1}
+    assert post(server, "/v1/completions", neutral).status_code == 200
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "logprobs": True}
+    chat = {**neutral, **parts, "top_logprobs": 2, "response_format": {"type": "text"}, "tools": []}
+    assert post(server, "/v1/chat/completions", chat).status_code == 200
+
+
+def metrics_text(server) -> str:
+    return httpx.get(f"{server.url}/metrics", timeout=10).text
+
+
+def metric(server, name: str) -> float:
+    return float(next(line.split()[1] for line in metrics_text(server).splitlines() if line.startswith(f"{name} ")))
+
+
+def test_client_hanging_up_a_non_streaming_request_stops_its_rows(server, trained_run):
+    """Its rows leave the batch at once, not when the generation ends; a gateway that times out on a
+    backend hangs up the same way."""
+    eos = load_tokenizer(trained_run).eos_id
+    body = {"model": server.model, "prompt": "hi", "max_tokens": 250, "n": 16}
+    if eos is not None:
+        body["logit_bias"] = {str(eos): -100}  # every row runs its 250 tokens unless stopped
+    content = json.dumps(body).encode()
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(content)}"
+    )
+    before = metric(server, "mai_generation_tokens_total")
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(f"{head}\r\n\r\n".encode() + content)
+        deadline = time.monotonic() + 30
+        while metric(server, "mai_requests_running") == 0:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.01)
+    deadline = time.monotonic() + 60
+    while metric(server, "mai_requests_running") + metric(server, "mai_requests_waiting") > 0:
+        assert time.monotonic() < deadline, "rows still in the engine a minute after the client hung up"
+        time.sleep(0.01)
+    generated = metric(server, "mai_generation_tokens_total") - before
+    assert generated < 16 * 250 / 4, f"{generated:.0f} of the 4,000 tokens asked for were generated"
+    # the request ends as a 499 (client closed request), not as a 500 from answering half the choices
+    while 'mai_requests_total{endpoint="/v1/completions",status="499"} 1.0' not in metrics_text(server):
+        assert time.monotonic() < deadline, "the hung-up request was never counted as a 499"
+        time.sleep(0.01)

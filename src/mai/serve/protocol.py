@@ -1,7 +1,12 @@
 """OpenAI API request and response models, field names verbatim; our extras are marked as such.
 
-Requests accept unknown fields (clients send options we do not implement, such as `user`), but
-every field we read is validated here, so a bad value is a 400 naming the parameter.
+Every field we read is validated here, so a bad value is a 400 naming the parameter, and so is a
+value of the wrong JSON type: pydantic's lax mode would take "false" or "yes" as a boolean (a
+gateway in front that tests the raw value's truth then disagrees with us about `stream`), and "5"
+or 5.0 as an integer. Unknown fields are ignored, as vLLM does, so that clients written for
+OpenAI's API work unmodified; but the OpenAI options we do not implement that would change the
+answer (penalties, JSON response formats, tools, non-text content parts) are refused unless they
+ask for nothing, so a client never believes a setting took effect when it did not.
 """
 
 from typing import Literal
@@ -36,7 +41,7 @@ def not_text(where: str) -> str:
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -69,6 +74,15 @@ class SamplingFields(OpenAIModel):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(0, description="Not implemented: only 0 is accepted.")
+    presence_penalty: float | None = Field(0, description="Not implemented: only 0 is accepted.")
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _check_penalty(cls, penalty, info):
+        if penalty:
+            raise ValueError(f"{info.field_name} is not supported by this server; send 0 or leave it out")
+        return penalty
 
     @field_validator("logit_bias", mode="before")
     @classmethod
@@ -109,17 +123,51 @@ class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict] = Field(description="Text, or content parts of type text.")
 
+    @field_validator("content")
+    @classmethod
+    def _check_parts(cls, content):
+        for i, part in enumerate([] if isinstance(content, str) else content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError(
+                    f"part {i} is of type {part.get('type')!r}; only text parts are supported, "
+                    'such as {"type": "text", "text": "Hello"}'
+                )
+        return content
+
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part["text"] for part in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0, description="The newer name of max_tokens.")
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Needs logprobs: true.")
+    response_format: dict | None = Field(None, description='Not implemented: only {"type": "text"} is accepted.')
+    tools: list[dict] | None = Field(None, description="Not implemented: only an empty list is accepted.")
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, response_format):
+        if response_format not in (None, {"type": "text"}):
+            raise ValueError('only {"type": "text"} is supported by this server; JSON modes are not implemented')
+        return response_format
+
+    @field_validator("tools")
+    @classmethod
+    def _check_tools(cls, tools):
+        if tools:
+            raise ValueError("tool calls are not supported by this server; send no tools")
+        return tools
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _check_top_logprobs(cls, top, info):
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError('top_logprobs needs "logprobs": true; send both or neither')
+        return top
 
 
 class Usage(BaseModel):

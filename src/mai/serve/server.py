@@ -251,8 +251,9 @@ def chat_prompt(messages: list[p.ChatMessage], tokenizer) -> list[int]:
 def check_prompt(ids: list[int], engine: Engine, vocab_size: int, echo_only: bool) -> None:
     if not ids:
         raise ApiError(400, "a prompt has no tokens; send at least one", "prompt")
-    if min(ids) < 0 or max(ids) >= vocab_size:
-        raise ApiError(400, f"token ids must be in [0, {vocab_size}); the prompt has {max(ids)}", "prompt")
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise ApiError(400, f"token ids must be in [0, {vocab_size}); the prompt has {bad}", "prompt")
     limit = engine.max_context if echo_only else engine.max_context - 1
     if len(ids) > limit:
         raise ApiError(
@@ -347,28 +348,42 @@ class Submitted:
 
 
 async def outputs_of(submitted: Submitted, request: Request):
-    """(choice, Output) until every choice has finished; cancels them all if the client goes away."""
+    """(choice, Output) until every choice has finished, or until the client goes away: then it
+    stops early and cancels them all, and their rows leave the batch at the engine's next step."""
+    watcher = asyncio.create_task(wake_on_hang_up(request, submitted.queue))
     done, count = 0, len(submitted.sequences)
     try:
         while done < count:
-            try:
-                choice, out = await asyncio.wait_for(submitted.queue.get(), timeout=1.0)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return
-                continue
+            choice, out = await submitted.queue.get()
+            if out is None:
+                return
             if out.finish_reason == "error":
                 raise ApiError(500, "the engine failed on this request; see the server log", type="server_error")
             done += out.finish_reason is not None
             yield choice, out
     finally:
+        watcher.cancel()
         submitted.cancel()
+
+
+async def wake_on_hang_up(request: Request, queue: asyncio.Queue) -> None:
+    """Put (None, None) on `queue` once the client has gone away.
+
+    Once the body is read, the ASGI receive channel answers only when the client disconnects, so
+    waiting on it costs nothing per token, where polling `request.is_disconnected()` would.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    queue.put_nowait((None, None))
 
 
 async def collect(submitted: Submitted, request: Request) -> list[list[Output]]:
     outputs = [[] for _ in submitted.sequences]
     async for choice, out in outputs_of(submitted, request):
         outputs[choice].append(out)
+    if not all(outs and outs[-1].finish_reason for outs in outputs):
+        # nginx's status for a client that closed the request; nobody reads the answer, /metrics counts it
+        raise ApiError(499, "the client closed the connection before the answer was ready")
     return outputs
 
 
