@@ -316,6 +316,9 @@ def test_fields_of_the_wrong_json_type_are_a_400_naming_them(server):
     for path in ("/v1/completions", "/v1/chat/completions"):
         flags = {"stream": False, "stream_options": {"include_usage": True}, "temperature": 0}
         assert post(server, path, flags).status_code == 200
+        # null is "not given", as OpenAI reads it
+        nulls = {"stream": None, "temperature": None, "n": None, "top_p": None, "stop": None, "logprobs": None}
+        assert post(server, path, nulls).json()["choices"][0]["index"] == 0
 
 
 def test_prompt_token_id_out_of_range_is_named(server, trained_run):

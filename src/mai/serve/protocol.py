@@ -9,7 +9,7 @@ answer (penalties, JSON response formats, tools, non-text content parts) are ref
 ask for nothing, so a client never believes a setting took effect when it did not.
 """
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,6 +49,17 @@ class OpenAIModel(BaseModel):
         where = lone_surrogate(value, info.field_name)
         if where:
             raise ValueError(not_text(where))
+        return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_is_not_given(cls, value, info):
+        """OpenAI's API reads null as a field not sent, and clients send it so: a field that has no
+        meaning for None (`stream`, `temperature`) takes its default; one that has keeps None
+        (a completion's `max_tokens`: as many as fit, as vLLM reads it)."""
+        field = cls.model_fields[info.field_name]
+        if value is None and not field.is_required() and type(None) not in get_args(field.annotation):
+            return field.get_default(call_default_factory=True)
         return value
 
 
