@@ -28,7 +28,7 @@ class StandIn:
 
     `delay_s` blocks its loop before it answers (a stuck vendor); a `status` other than 200 is an error
     answer; a stream is `events` chunks `gap_s` apart. `stall_s` holds the answer after its headers:
-    a JSON body before the body, a stream before its chunk number `stall_at`.
+    a JSON body before the body, a stream before its chunk number `stall_at`; chunk `garbled_at` is not JSON.
     """
 
     def __init__(
@@ -40,6 +40,7 @@ class StandIn:
         gap_s: float = 0.0,
         stall_s: float = 0.0,
         stall_at: int = 0,
+        garbled_at: int | None = None,
     ):
         self.name, self.hits, self.port = name, 0, free_port()
         app = FastAPI()
@@ -71,7 +72,9 @@ class StandIn:
             choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": None}
             for i in range(events):
                 await asyncio.sleep(stall_s if i == stall_at else gap_s if i else 0)
-                yield f"data: {json.dumps(head | {'choices': [choice]})}\n\n"
+                yield (
+                    "data: {garbled\n\n" if i == garbled_at else f"data: {json.dumps(head | {'choices': [choice]})}\n\n"
+                )
             if with_usage:
                 usage = {"prompt_tokens": 5, "completion_tokens": events, "total_tokens": 5 + events}
                 yield f"data: {json.dumps(head | {'choices': [], 'usage': usage})}\n\n"
@@ -90,6 +93,7 @@ def stand_ins():
     backends["slow"] = StandIn("slow", delay_s=3.0)
     backends["stalled"] = StandIn("stalled", stall_s=2.0)
     backends["cut"] = StandIn("cut", events=3, stall_s=2.0, stall_at=1)
+    backends["garbled"] = StandIn("garbled", events=3, garbled_at=1)
     backends["refusing"] = StandIn("refusing", status=401)
     backends["missing"] = StandIn("missing", status=404)
     backends["streaming"] = StandIn("streaming", events=4, gap_s=0.5)
@@ -384,9 +388,10 @@ fallbacks = [{{url = "{c.url}", model = "m-c"}}]
     assert failed[0].endswith(("TimeoutError", "ReadTimeout")) and "Traceback" not in log
 
 
-def test_stream_cut_midway_ends_with_an_error_event(stand_ins, tmp_path):
+@pytest.mark.parametrize(("backend", "cause"), [("cut", "ReadTimeout"), ("garbled", "sent a chunk that is not JSON")])
+def test_stream_cut_midway_ends_with_an_error_event(stand_ins, tmp_path, backend, cause):
     """Too late to fall back once the client has a chunk: it gets an error event, the usage log a 502."""
-    cut = stand_ins["cut"]
+    cut = stand_ins[backend]
     config = f"""
 [models.cut]
 timeout_s = 0.5
@@ -400,8 +405,8 @@ fallbacks = [{{url = "{stand_ins["c"].url}", model = "m-c"}}]
             for chunk in client.completions.create(model="cut", prompt="x", max_tokens=1, stream=True):
                 texts.append(chunk.choices[0].text)
         [record] = usage_records(tmp_path, 1)
-    message = f"backend {cut.url}#m-cut failed mid-stream: ReadTimeout"
-    assert texts == ["cut"] and type(e.value) is openai.APIError and e.value.message == message
+    message = f"backend {cut.url}#m-cut failed mid-stream: {cause}"
+    assert texts == [backend] and type(e.value) is openai.APIError and e.value.message == message
     assert e.value.body == {"message": message, "type": "server_error", "param": None, "code": None}
     assert (record["status"], record["completion_tokens"], record["attempts"]) == (502, 1, [f"{cut.url}#m-cut"])
     log = (tmp_path / "gateway.log").read_text()

@@ -415,8 +415,9 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
                                 skip_blank = True  # the usage chunk the gateway asked for, not the client
                                 continue
                     yield line + "\n"
-            except httpx.HTTPError as e:  # the client has part of the answer: too late to fall back
-                status, message = 502, f"backend {backend.name} failed mid-stream: {type(e).__name__}"
+            except (httpx.HTTPError, ValueError) as e:  # the client has part of the answer: too late to fall back
+                cause = "sent a chunk that is not JSON" if isinstance(e, ValueError) else type(e).__name__
+                status, message = 502, f"backend {backend.name} failed mid-stream: {cause}"
                 print(f"mai gateway: {message}", file=sys.stderr, flush=True)
                 yield error_event(message)
             finally:
