@@ -15,7 +15,16 @@ from serve.live_server import Server
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 
 
-def test_schemathesis_finds_no_server_error(server, tmp_path):
+@pytest.fixture(scope="module")
+def fuzz_server(trained_run):
+    """A short context: fuzzed requests that ask for every token that fits then take a quarter of the time."""
+    server = Server(trained_run.path, "--max-context", "64", "--max-waiting", "64")
+    yield server
+    server.stop()
+
+
+def test_schemathesis_finds_no_server_error(fuzz_server, tmp_path):
+    server = fuzz_server
     result = subprocess.run(
         [SCHEMATHESIS, "run", f"{server.url}/openapi.json", "--checks", "not_a_server_error"]
         + ["--max-examples", "25", "--seed", "1", "--workers", "1", "--request-timeout", "60", "--no-color"],
