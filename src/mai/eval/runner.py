@@ -38,9 +38,9 @@ PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes 
 
 
 def load_for_eval(path: Path, device: str = "cpu"):
-    """(model, tokenizer, checkpoint name, run or None) from a run directory or a transformers/GGUF directory."""
+    """(model, tokenizer, checkpoint folder, run), the last two None for a transformers/GGUF directory."""
     model, tokenizer, run = load_pretrained(path, device)
-    return model, tokenizer, run.latest_checkpoint().name if run else "imported", run
+    return model, tokenizer, run.latest_checkpoint() if run else None, run
 
 
 def evaluate(
@@ -72,10 +72,8 @@ def evaluate(
     scorer = Scorer(model, tokenizer, precision)
     record = {
         "model": str(path),
-        "checkpoint": checkpoint,
-        "model_sha256": read_json(run.latest_checkpoint() / "meta.json", CheckpointMeta)["model_sha256"]
-        if run
-        else None,
+        "checkpoint": checkpoint.name if checkpoint else "imported",
+        "model_sha256": read_json(checkpoint / "meta.json", CheckpointMeta)["model_sha256"] if checkpoint else None,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"limit": limit, "precision": scorer.precision, "tasks": names, "device": device},
         "bpb": evaluate_bpb(run, scorer) if bpb and run is not None and run.manifest_path.is_file() else None,
