@@ -148,9 +148,7 @@ def usage_records(tmp_path, count: int) -> list[dict]:
 def gateway(stand_ins, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gateway")
     s = stand_ins
-    process, url = start_gateway(
-        tmp,
-        f"""
+    config = f"""
 [models.ab]
 backends = [{{url = "{s["a"].url}", model = "m-a", weight = 3}}, {{url = "{s["b"].url}", model = "m-b", weight = 1}}]
 
@@ -165,11 +163,9 @@ key_env = "KEY_A"
 [keys.team-b]
 key_env = "KEY_B"
 token_quota = 50
-""",
-    )
-    yield url, tmp / "usage.jsonl"
-    process.terminate()
-    process.wait(timeout=30)
+"""
+    with gateway_over(tmp, config) as url:
+        yield url, tmp / "usage.jsonl"
 
 
 def test_weighted_split_over_400_requests(gateway, stand_ins):
@@ -303,50 +299,40 @@ def test_nan_and_infinity_are_a_400_as_they_are_not_json(gateway, stand_ins):
 
 def test_usage_log_times_the_request_from_its_first_attempt(stand_ins, tmp_path):
     lagging = StandIn("lagging", delay_s=0.6)
-    process, url = start_gateway(
-        tmp_path,
-        f"""
+    config = f"""
 [models.lag]
 timeout_s = 1.0
 backends = [{{url = "{stand_ins["slow"].url}", model = "m-slow"}}]
 fallbacks = [{{url = "{lagging.url}", model = "m-lagging"}}]
-""",
-    )
+"""
     try:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        start = time.perf_counter()
-        assert client.completions.create(model="lag", prompt="x", max_tokens=1).choices[0].text == "lagging"
-        elapsed = time.perf_counter() - start
-        [record] = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
-        assert 1.6 <= record["seconds"] <= elapsed  # the timed-out attempt (1 s), then the lagging backend's 0.6 s
+        with gateway_over(tmp_path, config) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            start = time.perf_counter()
+            assert client.completions.create(model="lag", prompt="x", max_tokens=1).choices[0].text == "lagging"
+            elapsed = time.perf_counter() - start
+            [record] = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
+            assert 1.6 <= record["seconds"] <= elapsed  # the timed-out attempt (1 s), then the lagging backend's 0.6 s
     finally:
-        process.terminate()
-        process.wait(timeout=30)
         lagging.server.should_exit = True
 
 
 def test_a_request_every_backend_failed_is_logged_too(tmp_path):
     """The client's 502 is a usage line as well: no backend, the attempts in order, no tokens."""
     down = [f"http://127.0.0.1:{free_port()}/v1" for _ in range(2)]  # nothing listens there: refused at once
-    process, url = start_gateway(
-        tmp_path,
-        f"""
+    config = f"""
 [models.down]
 backends = [{{url = "{down[0]}", model = "m-1"}}]
 fallbacks = [{{url = "{down[1]}", model = "m-2"}}]
 
 [keys.team-a]
 key_env = "KEY_A"
-""",
-    )
-    try:
+"""
+    with gateway_over(tmp_path, config) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="key-a", max_retries=0)
         with pytest.raises(openai.InternalServerError) as e:
             client.completions.create(model="down", prompt="x", max_tokens=1)
         assert e.value.status_code == 502
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert f"failed: {down[0]}#m-1: ConnectError; {down[1]}#m-2: ConnectError" in e.value.message
     log = (tmp_path / "gateway.log").read_text()
     assert f"mai gateway: backend failed: {down[0]}#m-1: ConnectError\n" in log
@@ -511,16 +497,11 @@ def test_usage_log_that_cannot_be_appended_to_fails_at_start(tmp_path, where):
 
 
 def test_usage_log_failing_later_still_answers(stand_ins, tmp_path):
-    process, url = start_gateway(
-        tmp_path, f'[models.a]\nbackends = [{{url = "{stand_ins["a"].url}", model = "m-a"}}]\n'
-    )
-    try:
+    config = f'[models.a]\nbackends = [{{url = "{stand_ins["a"].url}", model = "m-a"}}]\n'
+    with gateway_over(tmp_path, config) as url:
         (tmp_path / "usage.jsonl").mkdir()  # the log path turns into a folder after the start
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert client.completions.create(model="a", prompt="x", max_tokens=1).choices[0].text == "a"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert f"cannot append to usage_log {tmp_path / 'usage.jsonl'}" in (tmp_path / "gateway.log").read_text()
 
 
@@ -552,16 +533,13 @@ def test_gateway_imports_neither_torch_nor_the_server():
 
 def test_killed_primary_falls_back_to_another_server(server, trained_run, stand_ins, tmp_path):
     primary = Server(trained_run.path, "--max-batch", "4", "--precision", "fp32")  # as the fallback
-    process, url = start_gateway(
-        tmp_path,
-        f"""
+    config = f"""
 [models.chat]
 timeout_s = 30
 backends = [{{url = "{primary.url}/v1", model = "{primary.model}"}}]
 fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
-""",
-    )
-    try:
+"""
+    with gateway_over(tmp_path, config) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         messages = [{"role": "user", "content": "Hello"}]
         kwargs = dict(model="chat", messages=messages, max_tokens=8, temperature=0)
@@ -572,14 +550,7 @@ fallbacks = [{{url = "{server.url}/v1", model = "{server.model}"}}]
         assert all(c.usage is None for c in chunks)  # the client did not ask for usage
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
         assert second.choices[0].message.content == first.choices[0].message.content == streamed  # same weights
-        for _ in range(50):  # a stream's usage line is written as the gateway closes it, just after [DONE]
-            records = [json.loads(line) for line in (tmp_path / "usage.jsonl").read_text().splitlines()]
-            if len(records) == 3:
-                break
-            time.sleep(0.1)
+        records = usage_records(tmp_path, 3)
         assert [len(r["attempts"]) for r in records] == [1, 2, 2]
         assert records[2]["completion_tokens"] == second.usage.completion_tokens  # counted from the usage chunk
         assert records[1]["backend"].startswith(server.url)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
