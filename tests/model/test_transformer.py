@@ -1,12 +1,18 @@
+import pytest
 import torch
 
 from mai.config import load_config
-from mai.model.generate import generate, sample_next
+from mai.model.decode import generate, sample_next
 from mai.model.transformer import KVCache, build_model
 
 
 def tiny(*overrides):
     return load_config("tiny", ["model.d_model=64", "model.n_layers=2", "model.vocab_size=97", *overrides]).model
+
+
+def at(position: int, batch: int) -> torch.Tensor:
+    """Positions (batch, 1) of one new token per row, all at `position`."""
+    return torch.full((batch, 1), position)
 
 
 def test_kv_cache_matches_full_forward():
@@ -16,8 +22,8 @@ def test_kv_cache_matches_full_forward():
         with torch.no_grad():
             full = model(tokens)
             cache = KVCache(config, 2, 20)
-            prefill = model(tokens[:, :12], cache)
-            steps = [model(tokens[:, i : i + 1], cache) for i in range(12, 20)]
+            prefill = model(tokens[:, :12], cache=cache)
+            steps = [model(tokens[:, i : i + 1], at(i, 2), cache) for i in range(12, 20)]
         torch.testing.assert_close(prefill, full[:, :12], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(torch.cat(steps, dim=1), full[:, 12:], atol=1e-5, rtol=1e-5)
 
@@ -29,13 +35,14 @@ def test_bf16_model_decodes_over_an_fp32_cache_like_its_full_forward():
     with torch.no_grad():
         full = model(tokens).float()
         cache = KVCache(config, 2, 16)  # fp32, as generate() makes it on CPUs
-        last = model(tokens[:, :10], cache, last_only=True)
-        steps = [model(tokens[:, i : i + 1], cache, last_only=True) for i in range(10, 16)]
+        last = model(tokens[:, :10], cache=cache, logits_at=torch.tensor([9, 9]))
+        steps = [model(tokens[:, i : i + 1], at(i, 2), cache) for i in range(10, 16)]
     assert last.shape == (2, 1, 97) and last.dtype == torch.bfloat16
     torch.testing.assert_close(last.float(), full[:, 9:10], atol=0.02, rtol=0.02)
     torch.testing.assert_close(torch.cat(steps, dim=1).float(), full[:, 10:], atol=0.02, rtol=0.02)
 
 
+@pytest.mark.slow  # compiles
 def test_compiled_decoding_gives_eager_decoding_tokens():
     model = build_model(tiny("model.n_kv_heads=2"), seed=3).eval()
     prompt = torch.randint(0, 97, (2, 5))
@@ -53,8 +60,8 @@ def test_chunked_prefill_after_cache_is_causal():
     with torch.no_grad():
         full = model(tokens)
         cache = KVCache(config, 1, 16)
-        model(tokens[:, :6], cache)
-        chunk = model(tokens[:, 6:], cache)
+        model(tokens[:, :6], cache=cache)
+        chunk = model(tokens[:, 6:], torch.arange(6, 16)[None], cache)
     torch.testing.assert_close(chunk, full[:, 6:], atol=1e-5, rtol=1e-5)
 
 
@@ -108,22 +115,18 @@ def test_top_k_and_top_p_restrict_the_choices():
 def test_ragged_batch_matches_each_row_decoded_alone():
     config = tiny("model.n_kv_heads=2")
     model = build_model(config, seed=2).eval()
-    prompts = [torch.randint(0, 97, (1, n)) for n in (3, 9, 6)]
-    cache = KVCache(config, 4, 20)  # one spare row: a ragged batch uses the cache's first rows
+    lengths = torch.tensor([3, 9, 6])
+    prompts = torch.randint(0, 97, (3, 9))  # right-padded: row b's prompt is its first lengths[b] tokens
+    tokens = torch.randint(0, 97, (3, 4))
     with torch.no_grad():
-        for row, prompt in enumerate(prompts):  # prefill each row at its own length
-            single = KVCache(config, 1, 20)
-            model(prompt, single)
-            cache.copy_row(row, single, 0, prompt.shape[1])
-        lengths = torch.tensor([p.shape[1] for p in prompts])
-        tokens = torch.randint(0, 97, (3, 4))
-        steps = [model(tokens[:, i : i + 1], cache, lengths=lengths + i) for i in range(4)]
-        chunk = model(tokens[:, :2], cache, lengths=lengths)  # several new tokens per row at once
-        # over the cache's whole width, as a captured CUDA graph decodes (rewriting the same keys)
-        spanned = [model(tokens[:, i : i + 1], cache, lengths=lengths + i, span=20) for i in range(4)]
-    for row, prompt in enumerate(prompts):
-        with torch.no_grad():
-            alone = model(torch.cat([prompt, tokens[row : row + 1]], dim=1))[0, prompt.shape[1] :]
-        torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(chunk[row], alone[:2], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(torch.cat([s[row] for s in spanned]), alone, atol=1e-5, rtol=1e-5)
+        for fixed_span in (False, True):  # True: over the cache's whole width, as a captured CUDA graph decodes
+            cache = KVCache(config, 4, 20, fixed_span=fixed_span)  # one spare row: a batch uses the first rows
+            # The padding writes keys past each prompt; each row's first new token overwrites them before any query sees them.
+            prefill = model(prompts, cache=cache, logits_at=lengths - 1)[:, 0]
+            steps = [model(tokens[:, i : i + 1], (lengths + i)[:, None], cache) for i in range(4)]
+            chunk = model(tokens[:, :2], lengths[:, None] + torch.arange(2), cache)  # several new tokens per row
+            for row, n in enumerate(lengths.tolist()):
+                alone = model(torch.cat([prompts[row : row + 1, :n], tokens[row : row + 1]], dim=1))[0, n - 1 :]
+                torch.testing.assert_close(prefill[row], alone[0], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone[1:], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(chunk[row], alone[1:3], atol=1e-5, rtol=1e-5)

@@ -1,1 +1,1 @@
-"""The model: transformer.py (architecture), generate.py (decoding), info.py (sizes), hf.py (transformers interop)."""
+"""The model: transformer.py (architecture), decode.py (KV-cache decoding), info.py (sizes), hf.py (transformers key map)."""

@@ -1,8 +1,9 @@
 """Conversion between our state dict and transformers' Llama (or Qwen3, with QK-norm) layout.
 
-An explicit key map: every key must be accounted for and every tensor must have the shape the
-config implies, or the conversion fails naming the key. Our fused wqkv and w13 split into
-q/k/v_proj and gate/up_proj. RoPE uses the same "rotate half" layout, so no permutation is needed.
+An explicit key map, one to one: our q/k/v and gate/up projections are separate, as transformers'
+are, and RoPE uses the same "rotate half" layout, so no tensor is split, joined or permuted. Every
+key must be accounted for and every tensor must have the shape the config implies, or the
+conversion fails naming the key.
 """
 
 import torch
@@ -11,58 +12,58 @@ from mai.config import ModelConfig
 
 LAYER_KEYS = {  # ours → transformers, for one layer; {i} is the layer index
     "layers.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "layers.{i}.attention.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.attention.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.attention.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
     "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
     "layers.{i}.attention.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
     "layers.{i}.attention.k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
     "layers.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "layers.{i}.feed_forward.w1.weight": "model.layers.{i}.mlp.gate_proj.weight",
     "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "layers.{i}.feed_forward.w3.weight": "model.layers.{i}.mlp.up_proj.weight",
 }
 GLOBAL_KEYS = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-QKV = ("q_proj", "k_proj", "v_proj")
-GATE_UP = ("gate_proj", "up_proj")
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter names and shapes for `config`, computed without building the model."""
-    D, E, L = config.d_model, config.head_dim, config.n_layers
+    D, E, F = config.d_model, config.head_dim, config.hidden_dim
     shapes = {"tok_embeddings.weight": (config.vocab_size, D), "norm.weight": (D,)}
     if not config.tie_embeddings:
         shapes["output.weight"] = (config.vocab_size, D)
-    for i in range(L):
+    for i in range(config.n_layers):
         p = f"layers.{i}."
         shapes |= {
             p + "attention_norm.weight": (D,),
-            p + "attention.wqkv.weight": ((config.n_heads + 2 * config.kv_heads) * E, D),
+            p + "attention.wq.weight": (config.n_heads * E, D),
+            p + "attention.wk.weight": (config.kv_heads * E, D),
+            p + "attention.wv.weight": (config.kv_heads * E, D),
             p + "attention.wo.weight": (D, config.n_heads * E),
             p + "ffn_norm.weight": (D,),
-            p + "feed_forward.w13.weight": (2 * config.hidden_dim, D),
-            p + "feed_forward.w2.weight": (D, config.hidden_dim),
+            p + "feed_forward.w1.weight": (F, D),
+            p + "feed_forward.w2.weight": (D, F),
+            p + "feed_forward.w3.weight": (F, D),
         }
         if config.qk_norm:
             shapes |= {p + "attention.q_norm.weight": (E,), p + "attention.k_norm.weight": (E,)}
     return shapes
 
 
+def key_map(config: ModelConfig) -> dict[str, str]:
+    """Each of our keys for `config` → its transformers key."""
+    per_layer = {ours.format(i=i): hf.format(i=i) for i in range(config.n_layers) for ours, hf in LAYER_KEYS.items()}
+    return {ours: (GLOBAL_KEYS | per_layer)[ours] for ours in expected_shapes(config)}
+
+
 def to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict → transformers' keys and layout."""
+    """Our state dict → transformers' keys."""
     check_state(state, config)
-    E = config.head_dim
-    out = {hf: state[ours] for ours, hf in GLOBAL_KEYS.items() if ours in state}
-    for i in range(config.n_layers):
-        for ours, hf in LAYER_KEYS.items():
-            if ours.format(i=i) in state:
-                out[hf.format(i=i)] = state[ours.format(i=i)]
-        wqkv = state[f"layers.{i}.attention.wqkv.weight"]
-        sizes = [config.n_heads * E, config.kv_heads * E, config.kv_heads * E]
-        for name, part in zip(QKV, wqkv.split(sizes), strict=True):
-            out[f"model.layers.{i}.self_attn.{name}.weight"] = part
-        for name, part in zip(GATE_UP, state[f"layers.{i}.feed_forward.w13.weight"].chunk(2), strict=True):
-            out[f"model.layers.{i}.mlp.{name}.weight"] = part
-    return {k: v.contiguous() for k, v in out.items()}
+    return {hf: state[ours].contiguous() for ours, hf in key_map(config).items()}
 
 
 def from_hf(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
@@ -71,26 +72,13 @@ def from_hf(hf_state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str,
     if config.tie_embeddings:
         remaining.pop("lm_head.weight", None)  # a tied head may be saved as a copy of the embedding
     state = {}
-
-    def take(key: str) -> torch.Tensor:
-        if key not in remaining:
-            raise ValueError(f"checkpoint lacks {key}")
-        return remaining.pop(key)
-
-    for ours, hf in GLOBAL_KEYS.items():
-        if not (ours == "output.weight" and config.tie_embeddings):
-            state[ours] = take(hf)
-    for i in range(config.n_layers):
-        for ours, hf in LAYER_KEYS.items():
-            if ours.endswith(("q_norm.weight", "k_norm.weight")) and not config.qk_norm:
-                continue
-            state[ours.format(i=i)] = take(hf.format(i=i))
-        attn, mlp = f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
-        state[f"layers.{i}.attention.wqkv.weight"] = torch.cat([take(f"{attn}.{n}.weight") for n in QKV])
-        state[f"layers.{i}.feed_forward.w13.weight"] = torch.cat([take(f"{mlp}.{n}.weight") for n in GATE_UP])
-    remaining = [k for k in remaining if not k.endswith("rotary_emb.inv_freq")]
-    if remaining:
-        raise ValueError(f"checkpoint has {len(remaining)} keys this architecture does not use, e.g. {remaining[:3]}")
+    for ours, hf in key_map(config).items():
+        if hf not in remaining:
+            raise ValueError(f"checkpoint lacks {hf}")
+        state[ours] = remaining.pop(hf)
+    unused = [k for k in remaining if not k.endswith("rotary_emb.inv_freq")]
+    if unused:
+        raise ValueError(f"checkpoint has {len(unused)} keys this architecture does not use, e.g. {unused[:3]}")
     check_state(state, config)
     return state
 

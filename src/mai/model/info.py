@@ -7,7 +7,7 @@ from mai.model.transformer import Transformer
 
 COMPONENTS = {
     "embedding": ("tok_embeddings.",),
-    "attention": (".attention.wqkv.", ".attention.wo.", ".q_norm.", ".k_norm."),
+    "attention": (".attention.wq.", ".attention.wk.", ".attention.wv.", ".attention.wo.", ".q_norm.", ".k_norm."),
     "mlp": (".feed_forward.",),
     "norms": ("_norm.weight", "norm.weight"),
     "output": ("output.",),
@@ -35,12 +35,25 @@ def model_info(config: ModelConfig, seq_len: int | None = None) -> dict:
         "matmul_params": matmul_params,
         "seq_len": seq_len,
         "flops_per_token": 6 * matmul_params + attention_flops,
-        "forward_flops_per_token": 2 * matmul_params + attention_flops // 3,
         "memory_bf16_weights_bytes": 2 * params,
         # bf16 weights + fp32 master copy, gradient and two Adam moments: 2 + 4 + 4 + 8 bytes.
         "memory_training_bytes": 18 * params,
         "kv_cache_bytes_per_token_bf16": 2 * 2 * config.n_layers * config.kv_heads * config.head_dim,
     }
+
+
+def format_info(name: str, info: dict) -> str:
+    """model_info as `mai model info` prints it."""
+    params = info["params"]
+    lines = [f"{name}: {params:,} parameters ({params / 1e9:.3f}B)"]
+    lines += [f"  {part:<10} {count:>18,}  {100 * count / params:5.1f}%" for part, count in info["breakdown"].items()]
+    lines += [
+        f"training FLOPs/token  {info['flops_per_token']:.3e}  (seq_len {info['seq_len']})",
+        f"weights in bf16       {info['memory_bf16_weights_bytes'] / 2**30:,.2f} GiB",
+        f"training state        {info['memory_training_bytes'] / 2**30:,.2f} GiB  (bf16 + fp32 master, grads, Adam)",
+        f"KV cache per token    {info['kv_cache_bytes_per_token_bf16'] / 2**10:,.1f} KiB (bf16)",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _component(name: str) -> str:

@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 import torch
 
-from mai.model.generate import compiled_decode_step, decode_step
+from mai.model.decode import compiled_decode_step, decode_step
 from mai.model.transformer import KVCache, Transformer
 
 
 class FixedShapeDecode:
-    """decode(tokens (n, 1), n) → logits (n, V), as model(tokens, cache, lengths=lengths[:n]) would give."""
+    """decode(tokens (n, 1), n) → logits (n, V), as model(tokens, lengths[:n, None], cache) would give;
+    the cache has a fixed span."""
 
     def __init__(self, model: Transformer, cache: KVCache, lengths: torch.Tensor):
         self.model, self.cache, self.lengths = model, cache, lengths
@@ -57,7 +58,7 @@ class GraphedDecode(FixedShapeDecode):
         return logits
 
     def _step(self, rows: int) -> torch.Tensor:
-        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
+        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows, None])
 
     def _capture(self, rows: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # A warm-up outside the graph creates cuBLAS handles and workspaces. It writes the same keys
@@ -77,7 +78,7 @@ class CompiledDecode(FixedShapeDecode):
     """The step through `mai generate --compile`'s compiled_decode_step (weights frozen into the graph)."""
 
     def run(self, rows: int) -> torch.Tensor:
-        return compiled_decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
+        return compiled_decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows, None])
 
     def compile_all(self, log: Callable[[str], None] = lambda line: None) -> None:
         """Compile every bucket now (5-20 s each on CPUs), so that no request waits for it later.

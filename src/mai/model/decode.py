@@ -58,16 +58,18 @@ def generate(
     max_len = min(model.config.max_seq_len, prompt_len + max_new_tokens)
     if prompt_len >= model.config.max_seq_len:
         raise ValueError(f"prompt of {prompt_len} tokens leaves no room in max_seq_len {model.config.max_seq_len}")
-    param = next(model.parameters())
+    device = next(model.parameters()).device
     cache_len = min(model.config.max_seq_len, -(-max_len // CACHE_BUCKET) * CACHE_BUCKET) if compile else max_len
-    cache = KVCache.for_decoding(model, batch, cache_len)
+    cache = KVCache.for_decoding(model, batch, cache_len, fixed_span=compile)
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=param.device)
+        generator = torch.Generator(device=device)
         generator.manual_seed(seed)
-    finished = torch.zeros(batch, dtype=torch.bool, device=param.device)
-    logits = model(prompt.to(param.device), cache, last_only=True)[:, -1]  # (B, V)
-    lengths = torch.full((batch,), prompt_len, device=param.device)  # tokens in the cache, per row
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    last = torch.full((batch,), prompt_len - 1, device=device)
+    logits = model(prompt.to(device), cache=cache, logits_at=last)[:, -1]  # (B, V)
+    positions = torch.full((batch, 1), prompt_len, device=device)  # where each row's next token goes
+    step = compiled_decode_step if compile else decode_step
     new_tokens = max_len - prompt_len
     for i in range(new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)
@@ -77,34 +79,30 @@ def generate(
             if bool(finished.all()):
                 return
         if i + 1 < new_tokens:
-            if compile:
-                logits = compiled_decode_step(model, token[:, None], cache, lengths)
-                lengths += 1
-            else:
-                logits = model(token[:, None], cache, last_only=True)[:, -1]
+            logits = step(model, token[:, None], cache, positions)
+            positions += 1
 
 
-def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, lengths: torch.Tensor) -> torch.Tensor:
-    """Logits (B, V) for tokens (B, 1) following `lengths` (B,) cached tokens.
-
-    Attention spans the cache's full width, masked: fixed shapes, so one graph serves every step.
-    """
-    return model(tokens, cache, last_only=True, lengths=lengths, span=cache.max_len)[:, -1]
+def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+    """Logits (B, V) for one new token per row, tokens (B, 1) at positions (B, 1)."""
+    return model(tokens, positions, cache)[:, -1]
 
 
 def compiled_decode_step(
-    model: Transformer, tokens: torch.Tensor, cache: KVCache, lengths: torch.Tensor
+    model: Transformer, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor
 ) -> torch.Tensor:
     """decode_step through torch.compile, with the model's weights frozen into the graph as constants.
 
-    Freezing is read while dynamo traces, which torch.compile's options= does not reach, hence the
-    config patch around each call (compilation happens inside a call). A frozen graph keeps the
-    weights it was compiled with: a model whose weights change afterwards needs a new process.
+    The cache must have a fixed span, so that one graph serves every step. Freezing is read while
+    dynamo traces, which torch.compile's options= does not reach, hence the config patch around
+    each call (compilation happens inside a call); with frozen weights inductor also concatenates
+    the q/k/v and gate/up projections, which read the same input, into one matmul each. A frozen
+    graph keeps the weights it was compiled with: a model whose weights change needs a new process.
     """
     from torch._inductor import config as inductor_config
 
-    with inductor_config.patch(freezing=True):
-        return _compiled_decode_step()(model, tokens, cache, lengths)
+    with inductor_config.patch({"freezing": True, "cpp.enable_concat_linear": True}):
+        return _compiled_decode_step()(model, tokens, cache, positions)
 
 
 @functools.cache
