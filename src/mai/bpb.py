@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from mai.errors import MaiError
-from mai.train.batches import windows_to_batch
 
 
 def check_validation_tokens(tokens: np.ndarray, seq_len: int) -> None:
@@ -37,6 +36,13 @@ def validation_windows(
     for start in range(0, num_windows, batch_size):
         offsets = [w * seq_len for w in range(start, min(start + batch_size, num_windows))]
         yield windows_to_batch(tokens, offsets, seq_len)
+
+
+def windows_to_batch(tokens: np.ndarray, offsets: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of the windows of seq_len + 1 tokens starting at `offsets`; training batches them too."""
+    rows = np.stack([tokens[o : o + seq_len + 1].astype(np.int64) for o in offsets])
+    batch = torch.from_numpy(rows)  # (B, seq_len + 1)
+    return batch[:, :-1], batch[:, 1:]
 
 
 @torch.no_grad()

@@ -2,7 +2,12 @@
 
 A run is described by a preset (a TOML file in `mai/presets/`, or a path to one) plus overrides.
 Every model forbids unknown keys, so a typo is an error that lists the valid keys, and the fully
-resolved config is what the run directory stores as `config.toml`.
+resolved config is what the run directory stores as `config.toml`. Each field's description is
+its documentation: `mai config show --explain` prints it with the field's type, default and bounds
+(config_docs.py).
+
+The data stage reads some of these settings; which of its steps a change redoes is declared on the
+field (`redo(...)`): the pipeline by default for [data], the tokenizer for [tokenizer].
 """
 
 import difflib
@@ -11,13 +16,32 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from mai.data.corpus import SOURCES as CORPORA
 from mai.errors import MaiError
+from mai.packages import CORPORA
+from mai.precision import Precision
+
+DataStep = Literal["pipeline", "tokenizer", "shards"]
+
+
+def redo(step: DataStep | None) -> dict:
+    """Field metadata: a change of this setting redoes the data stage from `step` on (None: nothing,
+    the setting says only how and where tasks run)."""
+    return {"redo": step}
+
+
+def redone_step(field: FieldInfo, default: DataStep | None) -> DataStep | None:
+    """The data step a change of `field` redoes from (see redo)."""
+    extra = field.json_schema_extra
+    return extra["redo"] if isinstance(extra, dict) and "redo" in extra else default
 
 
 class Section(BaseModel):
+    """A config table: unknown keys are errors, values must have their type, and nothing changes after parsing."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
@@ -28,7 +52,13 @@ class ModelConfig(Section):
     hanging `mai model info` or overflowing a tensor's size.
     """
 
-    vocab_size: int = Field(4096, gt=0, le=2**22, description="Token vocabulary size; the tokenizer is trained to it.")
+    vocab_size: int = Field(
+        4096,
+        gt=0,
+        le=2**22,
+        description="Token vocabulary size; the tokenizer is trained to it.",
+        json_schema_extra=redo("tokenizer"),
+    )
     d_model: int = Field(256, gt=0, le=2**17, description="Residual stream width.")
     n_layers: int = Field(6, gt=0, le=4096, description="Number of transformer blocks.")
     n_heads: int = Field(4, gt=0, description="Query heads; head_dim = d_model / n_heads.")
@@ -92,7 +122,10 @@ class SourceConfig(Section):
         None, description="Rules to apply: web (Gopher, C4, FineWeb), code, or none; default by kind (corpus: none)."
     )
     weight: float = Field(
-        1.0, ge=0, description="Mixture weight: each document is repeated this many times on average."
+        1.0,
+        ge=0,
+        description="Mixture weight: each document is repeated this many times on average.",
+        json_schema_extra=redo("shards"),
     )
     max_mb: float | None = Field(None, gt=0, description="Cap on the raw text taken from a corpus, in MB.")
 
@@ -124,14 +157,26 @@ class DataConfig(Section):
     exact_dedup: bool = Field(True, description="Drop documents whose normalised text repeats another's.")
     minhash_dedup: bool = Field(True, description="Drop near-duplicates: MinHash, 5-grams, 14 bands × 8 rows.")
     decontaminate: bool = Field(True, description="Drop documents sharing a 13-gram with a registered eval set.")
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="Fraction of documents held out for validation.")
+    val_fraction: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="Fraction of documents held out for validation.",
+        json_schema_extra=redo("shards"),
+    )
     seed: int = Field(0, description="Seed of the document split and mixture sampling.")
-    shard_tokens: int = Field(2**24, gt=0, description="Tokens per shard file.")
+    shard_tokens: int = Field(2**24, gt=0, description="Tokens per shard file.", json_schema_extra=redo("shards"))
     tasks: int = Field(4, gt=0, description="Pipeline tasks (input shards); outputs depend on this, not on workers.")
-    workers: int = Field(2, ge=0, description="Tasks run at once on this machine (0: one per core).")
-    executor: Literal["local", "slurm", "ray"] = Field("local", description="datatrove executor to run tasks on.")
+    workers: int = Field(
+        2, ge=0, description="Tasks run at once on this machine (0: one per core).", json_schema_extra=redo(None)
+    )
+    executor: Literal["local", "slurm", "ray"] = Field(
+        "local", description="datatrove executor to run tasks on.", json_schema_extra=redo(None)
+    )
     executor_options: dict[str, str | int | float | bool] = Field(
-        {}, description="Extra keyword arguments of the executor, e.g. partition and time for slurm."
+        {},
+        description="Extra keyword arguments of the executor, e.g. partition and time for slurm.",
+        json_schema_extra=redo(None),
     )
 
     @model_validator(mode="before")
@@ -174,11 +219,11 @@ class TrainConfig(Section):
     )
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd only: final fraction of steps spent decaying.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not norms or embeddings).")
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay.")
     grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
     seed: int = Field(1337, description="Seed of init, data order and sampling.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "auto", description="auto: bf16 autocast on CUDA or on CPUs with native bf16 matmul, else fp32."
     )
     compile: bool = Field(
@@ -202,20 +247,20 @@ class SampleConfig(Section):
     """Samples written into the report at the end of a run."""
 
     prompts: list[str] = Field(["ROMEO:", "The king"], description="Prompts completed in the report.")
-    max_new_tokens: int = Field(80, gt=0)
-    temperature: float = Field(0.8, ge=0)
-    top_k: int = Field(50, ge=0)
+    max_new_tokens: int = Field(80, gt=0, description="Tokens generated per prompt.")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature; 0 is greedy.")
+    top_k: int = Field(50, ge=0, description="Sample among the k most likely tokens; 0 disables.")
 
 
 class RunConfig(Section):
     """Everything one run needs; saved fully resolved as the run's config.toml."""
 
     preset: str = Field("custom", description="Name of the preset this config started from.")
-    model: ModelConfig = ModelConfig()
-    data: DataConfig = DataConfig()
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    train: TrainConfig = TrainConfig()
-    sample: SampleConfig = SampleConfig()
+    model: ModelConfig = Field(ModelConfig(), description=ModelConfig.__doc__.splitlines()[0])
+    data: DataConfig = Field(DataConfig(), description=DataConfig.__doc__)
+    tokenizer: TokenizerConfig = Field(TokenizerConfig(), description=TokenizerConfig.__doc__)
+    train: TrainConfig = Field(TrainConfig(), description=TrainConfig.__doc__)
+    sample: SampleConfig = Field(SampleConfig(), description=SampleConfig.__doc__)
 
     @model_validator(mode="after")
     def _check_seq_len(self) -> "RunConfig":
@@ -256,7 +301,7 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
 
 def config_to_toml(config: RunConfig) -> str:
     """The fully resolved config as TOML (None values are omitted: they mean 'derived')."""
-    return _dump_toml(config.model_dump(exclude_none=True))
+    return tomli_w.dumps(config.model_dump(exclude_none=True))
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -351,26 +396,3 @@ def _valid_keys_hint(loc: tuple) -> str:
             return ""
         model = annotation
     return f"; valid keys: {', '.join(model.model_fields)}"
-
-
-def _dump_toml(data: dict[str, Any]) -> str:
-    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
-    for name, table in tables.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")

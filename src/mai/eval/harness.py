@@ -13,16 +13,21 @@ auto), batch_tokens. Scores come from the same `Scorer` as `mai eval`, so the tw
 import sys
 from pathlib import Path
 
+import lm_eval.models  # noqa: F401  (see below)
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from mai.errors import MaiError
-from mai.eval.runner import PRECISIONS, load_for_eval
+from mai.eval.runner import load_for_eval
 from mai.eval.scoring import Scorer
+from mai.precision import check_precision
 
 
+# lm-eval registers its own models (hf, local-completions, ...) only when its registry is still empty at
+# the first lookup: importing lm_eval.models above registers them first, so that registering `mai`
+# does not hide them from a process that uses both.
 @register_model("mai")
 class MaiLM(LM):
     def __init__(
@@ -37,8 +42,7 @@ class MaiLM(LM):
         super().__init__()
         if run is None:
             raise MaiError("--model_args needs run=PATH (a run directory or a transformers checkpoint directory)")
-        if precision not in PRECISIONS:
-            raise MaiError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        check_precision(precision)
         use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
         model, tokenizer, _, _ = load_for_eval(Path(str(run)), "cuda" if use_cuda else "cpu")
         self.scorer = Scorer(model, tokenizer, precision, int(batch_tokens) if batch_tokens else None)

@@ -16,20 +16,19 @@ causal, so padding never changes the scored positions); inputs longer than the m
 keep their last max_seq_len tokens.
 """
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 
-from mai.model.generate import generate
-from mai.train.loop import resolve_precision
+from mai.model.decode import generate
+from mai.precision import Precision, autocast, resolve_precision
 
 LOGIT_BUDGET = 1 << 27  # logits per forward pass (B·T·V): 512 MiB in fp32
 PAD_LIMIT = 0.75  # a row shorter than this fraction of its batch's longest starts a new batch
 
 
 class Scorer:
-    def __init__(self, model, tokenizer, precision: str = "fp32", batch_tokens: int | None = None):
+    def __init__(self, model, tokenizer, precision: Precision = "fp32", batch_tokens: int | None = None):
         """precision: fp32, bf16 (autocast over fp32 weights), or auto: bf16 where the device computes it
         natively (CUDA, AVX512-BF16 or AMX CPUs), as training and `mai generate` resolve it. The resolved
         one is self.precision, which eval.json records."""
@@ -45,9 +44,7 @@ class Scorer:
         self.empty_context = tokenizer.encode("") or ([fallback] if fallback is not None else [0])
 
     def autocast(self):
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.precision)
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of a context and its continuation, split as lm-evaluation-harness splits them."""
@@ -140,15 +137,19 @@ class Scorer:
         ids = self.tokenizer.encode(context)[-(self.max_len - max_new_tokens) :]
         stop_ids = tuple(i for i in {self.tokenizer.eos_id} if i is not None)
         completion: list[int] = []
-        text = ""
+        stream, text = self.tokenizer.text_stream(), ""
+        longest_stop = max(map(len, stop), default=0)
         with self.autocast():
             for token in generate(self.model, torch.tensor([ids]), max_new_tokens, 0.0, stop_ids=stop_ids):
                 token_id = int(token[0])
                 if token_id in stop_ids:
                     break
                 completion.append(token_id)
-                text = self.tokenizer.decode(completion, skip_special_tokens=True)
-                if any(s in text for s in stop):
+                piece = stream.step(token_id)
+                text += piece
+                # only a stop string that ends in the new piece can be new
+                if piece and any(s in text[-(len(piece) + longest_stop) :] for s in stop):
                     break
+        text = self.tokenizer.decode(completion, skip_special_tokens=True)  # with an unfinished last character
         cut = min((text.index(s) for s in stop if s in text), default=len(text))
         return text[:cut]

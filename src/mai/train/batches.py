@@ -6,6 +6,7 @@ The position (epoch, index) is all a checkpoint needs to continue the exact same
 import numpy as np
 import torch
 
+from mai.bpb import windows_to_batch
 from mai.errors import MaiError
 
 
@@ -42,9 +43,3 @@ class WindowSampler:
         windows = self._order[self.index : self.index + self.batch_size].tolist()
         self.index += self.batch_size
         return windows_to_batch(self.tokens, [w * self.seq_len for w in windows], self.seq_len)
-
-
-def windows_to_batch(tokens: np.ndarray, offsets: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([tokens[o : o + seq_len + 1].astype(np.int64) for o in offsets])
-    batch = torch.from_numpy(rows)  # (B, seq_len + 1)
-    return batch[:, :-1], batch[:, 1:]

@@ -15,17 +15,9 @@ import numpy as np
 import torch
 
 from mai.errors import MaiError
-from mai.run import (
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    checkpoint_remedy,
-    default_mode,
-    load_model_weights,
-    save_model_weights,
-    sha256_file,
-    verify_sha256,
-)
+from mai.loading import checkpoint_weights, save_model_weights
+from mai.run import RunDir, atomic_write_text, checkpoint_remedy, default_mode, sha256_file, verify_sha256, write_json
+from mai.run_files import CheckpointMeta, DataPosition
 
 
 def rng_states() -> dict:
@@ -49,11 +41,18 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, data_st
     tmp = Path(tempfile.mkdtemp(dir=run.checkpoints_dir, prefix=f".{final.name}."))
     try:
         tmp.chmod(default_mode(directory=True))
-        meta = save_model_weights(tmp, model, config.model, sha256_file(run.tokenizer_path))
+        model_sha256 = save_model_weights(tmp, model)
         train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_states()}
         torch.save(train_state, tmp / "train_state.pt")
-        meta |= {"step": step, "data": data_state, "train_state_sha256": sha256_file(tmp / "train_state.pt")}
-        atomic_write_json(tmp / "meta.json", meta)
+        meta = CheckpointMeta(
+            model=config.model,
+            model_sha256=model_sha256,
+            tokenizer_sha256=sha256_file(run.tokenizer_path),
+            step=step,
+            data=DataPosition(**data_state),
+            train_state_sha256=sha256_file(tmp / "train_state.pt"),
+        )
+        write_json(tmp / "meta.json", meta)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -65,19 +64,27 @@ def save_checkpoint(run: RunDir, step: int, model, optimizer, scheduler, data_st
     return final
 
 
-def load_checkpoint(checkpoint: Path, model, optimizer, scheduler, config) -> dict:
+def load_checkpoint(checkpoint: Path, model, optimizer, scheduler, config) -> CheckpointMeta:
     """Restore everything saved at `checkpoint`; return its meta (step, data position)."""
-    meta = load_model_weights(checkpoint, model, config.model)
-    if "train_state_sha256" not in meta:
+    state, meta = checkpoint_weights(checkpoint, config.model, next(model.parameters()).device)
+    model.load_state_dict(state)
+    if meta.train_state_sha256 is None or meta.data is None:
         raise MaiError(f"{checkpoint} holds weights only (it was imported), not a training state to resume")
-    verify_sha256(checkpoint / "train_state.pt", meta["train_state_sha256"], checkpoint_remedy(checkpoint))
+    verify_sha256(checkpoint / "train_state.pt", meta.train_state_sha256, checkpoint_remedy(checkpoint))
     try:
         state = torch.load(checkpoint / "train_state.pt", weights_only=False)
     except Exception as e:
         raise MaiError(
             f"{checkpoint / 'train_state.pt'} cannot be read ({e}); {checkpoint_remedy(checkpoint)}"
         ) from None
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except ValueError:  # its parameter groups are not this model's
+        raise MaiError(
+            f"{checkpoint} holds optimizer state for other parameters (mai before 2026-12 fused the q/k/v and "
+            "gate/up projections); its weights still load for `mai generate`, `mai eval`, `mai serve` and "
+            "`mai export`, but training cannot resume from it: train further in a new run directory"
+        ) from None
     scheduler.load_state_dict(state["scheduler"])
     restore_rng_states(state["rng"])
     return meta

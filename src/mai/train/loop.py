@@ -8,47 +8,24 @@ continues from exactly: same batches, same RNG, same optimizer state, bit-identi
 import contextlib
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mai.bpb import bits_per_byte, check_validation_tokens, validation_windows
 from mai.config import RunConfig
+from mai.console import console
 from mai.errors import MaiError
+from mai.loading import check_tokenizer_matches, load_tokenizer
 from mai.model.info import model_info
 from mai.model.transformer import build_model
-from mai.run import RunDir, append_metrics, check_tokenizer_matches, load_tokenizer, read_metrics, truncate_metrics
+from mai.precision import autocast, default_device, resolve_precision
+from mai.run import RunDir, append_metrics, read_metrics, truncate_metrics
+from mai.run_files import MetricsRecord
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
 from mai.train.optim import build_optimizer, build_scheduler, use_optimizer_settings
-
-console = Console(stderr=True)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' is bf16 autocast on CUDA and on CPUs with native bf16 matmul (AVX512-BF16 or AMX), else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -86,7 +63,7 @@ def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, device, precision) -> dict:
+def validation_loss(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, device, precision) -> dict:
     """Validation loss and bits per byte over the fixed leading validation windows."""
     tc = config.train
     model.eval()
@@ -118,7 +95,9 @@ def train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, p
     return loss, grad_norm, lr
 
 
-def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None) -> dict:
+def train(
+    run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None
+) -> MetricsRecord:
     """Train the run's model to config.train.steps; return the final record.
 
     A `config` differing from config.toml (new overrides) replaces it once every input has been
@@ -131,12 +110,12 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
         raise MaiError(
             f"{run.path} already has {checkpoint.name}; pass --resume to continue it, or use a new run directory"
         )
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device else default_device()
     if tc.threads:
         torch.set_num_threads(tc.threads)
     precision = resolve_precision(tc.precision, device)
     tokenizer = load_tokenizer(run, config.model.vocab_size)
-    check_tokenizer_matches(run, run.read_manifest()["tokenizer_sha256"], "the data shards were tokenized with")
+    check_tokenizer_matches(run, run.read_manifest().tokenizer_sha256, "the data shards were tokenized with")
     train_tokens, val_tokens = run.read_tokens("train"), run.read_tokens("val")
     token_bytes = torch.tensor(
         tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
@@ -151,9 +130,9 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
-        check_tokenizer_matches(run, meta["tokenizer_sha256"], "this model was trained with")
-        sampler.load_state_dict(meta["data"])
-        start_step = meta["step"]
+        check_tokenizer_matches(run, meta.tokenizer_sha256, "this model was trained with")
+        sampler.load_state_dict(meta.data.model_dump())
+        start_step = meta.step
         use_optimizer_settings(optimizer, scheduler, tc)
         console.print(f"resuming {run.path} from step {start_step}")
     elif resume:
@@ -169,15 +148,15 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
             f"{run.path} is already trained to step {start_step} of {tc.steps}; "
             "to train further, raise train.steps (--set train.steps=N)"
         )
-        return (read_metrics(run) or [{"step": start_step}])[-1]
-    record: dict = {}
+        return (read_metrics(run) or [MetricsRecord(step=start_step)])[-1]
+    record = None
     if start_step == 0:
-        record = {"step": 0, **evaluate(model, val_tokens, token_bytes, config, device, precision)}
+        record = MetricsRecord(step=0, **validation_loss(model, val_tokens, token_bytes, config, device, precision))
     # Only now, with every input checked and the first evaluation done, does the run change.
     if config != run.read_config():
         run.write_config(config)
     truncate_metrics(run, start_step if checkpoint is not None else -1)
-    if record:
+    if record is not None:
         append_metrics(run, record)
 
     console.print(
@@ -199,21 +178,23 @@ def train(run: RunDir, resume: bool = False, config: RunConfig | None = None, de
             window_tokens += tokens_per_step
             if step % tc.log_every == 0 or step == tc.steps or step % tc.eval_every == 0:
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
-                record = {
-                    "step": step,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": step * tokens_per_step,
-                    "tokens_per_s": tokens_per_s,
-                    "flops_per_s": tokens_per_s * info["flops_per_token"],
-                }
+                validation = {}
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    record |= evaluate(model, val_tokens, token_bytes, config, device, precision)
+                    validation = validation_loss(model, val_tokens, token_bytes, config, device, precision)
                     progress.console.print(
-                        f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {record['val_loss']:.4f}, "
-                        f"val_bpb {record['val_bpb']:.4f}, {tokens_per_s:,.0f} tokens/s"
+                        f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {validation['val_loss']:.4f}, "
+                        f"val_bpb {validation['val_bpb']:.4f}, {tokens_per_s:,.0f} tokens/s"
                     )
+                record = MetricsRecord(
+                    step=step,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    tokens=step * tokens_per_step,
+                    tokens_per_s=tokens_per_s,
+                    flops_per_s=tokens_per_s * info["flops_per_token"],
+                    **validation,
+                )
                 append_metrics(run, record)
                 window_start, window_tokens = time.perf_counter(), 0
                 progress.update(task, status=f"loss {loss:.3f} · {tokens_per_s:,.0f} tok/s")
