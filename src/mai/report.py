@@ -1,14 +1,9 @@
-"""report.md and PNG plots, rendered only from what the stages wrote into the run directory."""
+"""report.md and PNG plots, rendered only from what the stages wrote into the run directory, and the
+data pipeline's step table (`mai data prepare`, `mai data stats`)."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mai.config import config_to_toml  # noqa: E402
-from mai.data.stats import format_table  # noqa: E402
-from mai.eval.record import read_eval  # noqa: E402
-from mai.run import RunDir, Samples, atomic_write_text, read_json, read_metrics  # noqa: E402
+from mai.config import config_to_toml
+from mai.run import RunDir, atomic_write_text, read_json, read_metrics
+from mai.run_files import EvalRecord, Manifest, MetricsRecord, PipelineStep, Samples
 
 PLOTS = {  # file → (title, y label, metric keys)
     "loss.png": ("Loss", "nats / token", ("loss", "val_loss")),
@@ -23,16 +18,16 @@ def write_report(run: RunDir) -> str:
     sections = [f"# Run report: {run.path.name}", _summary(metrics)]
     if run.manifest_path.is_file():
         manifest = run.read_manifest()
-        plot_data_steps(manifest["steps"], run.path / "data_steps.png")
+        plot_data_steps(manifest.steps, run.path / "data_steps.png")
         sections.append(_data_section(manifest))
-    if any("loss" in m for m in metrics):  # no empty plots before the first training step
+    if any(m.loss is not None for m in metrics):  # no empty plots before the first training step
         for name, (title, ylabel, keys) in PLOTS.items():
             plot_metrics(metrics, keys, title, ylabel, run.path / name)
         sections.append("## Training\n\n" + "\n".join(f"![{t}]({name})" for name, (t, _, _) in PLOTS.items()))
     if run.samples_path.is_file():
         sections.append(_samples_section(read_json(run.samples_path, Samples)))
-    if (run.path / "eval.json").is_file():
-        evaluation = read_eval(run.path / "eval.json")
+    if run.eval_path.is_file():
+        evaluation = read_json(run.eval_path, EvalRecord)
         plot_eval(evaluation, run.path / "eval.png")
         sections.append(_eval_section(evaluation))
     sections.append(f"## Config\n\n```toml\n{config_to_toml(config)}```")
@@ -41,10 +36,21 @@ def write_report(run: RunDir) -> str:
     return text
 
 
-def plot_metrics(metrics: list[dict], keys: tuple[str, ...], title: str, ylabel: str, path) -> None:
+def pyplot():
+    """matplotlib's pyplot, drawing to files (imported here: `mai data stats` needs none of it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(metrics: list[MetricsRecord], keys: tuple[str, ...], title: str, ylabel: str, path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     for key in keys:
-        points = [(m["step"], m[key]) for m in metrics if key in m]
+        points = [(m.step, getattr(m, key)) for m in metrics if getattr(m, key) is not None]
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, marker="o" if key.startswith("val") else None, markersize=3, label=key)
@@ -57,11 +63,12 @@ def plot_metrics(metrics: list[dict], keys: tuple[str, ...], title: str, ylabel:
     plt.close(fig)
 
 
-def plot_data_steps(rows: list[dict], path) -> None:
+def plot_data_steps(rows: list[PipelineStep], path) -> None:
     """Documents left after each pipeline step."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2), dpi=110)
-    labels = [r["step"].encode("ascii", "ignore").decode().strip() for r in rows]  # emoji lack a font here
-    ax.barh(range(len(rows)), [r["documents_out"] for r in rows], color="tab:blue")
+    labels = [r.step.encode("ascii", "ignore").decode().strip() for r in rows]  # emoji lack a font here
+    ax.barh(range(len(rows)), [r.documents_out for r in rows], color="tab:blue")
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.set(title="Documents kept after each data pipeline step", xlabel="documents")
@@ -70,15 +77,15 @@ def plot_data_steps(rows: list[dict], path) -> None:
     plt.close(fig)
 
 
-def plot_eval(evaluation: dict, path) -> None:
+def plot_eval(evaluation: EvalRecord, path) -> None:
     """Each task's score beside its random baseline (what the CORE aggregate centres on)."""
-    names = list(evaluation["tasks"])
+    plt = pyplot()
+    names = list(evaluation.tasks)
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(names) + 2), 3.5), dpi=110)
-    ax.bar(names, [t["score"] for t in evaluation["tasks"].values()], color="tab:blue", label="score")
-    ax.scatter(
-        names, [t["baseline"] for t in evaluation["tasks"].values()], color="black", marker="_", s=400, label="chance"
-    )
-    ax.set(title=f"Evaluation (CORE {evaluation['core']:+z.3f})", ylabel="score", ylim=(0, 1))
+    ax.bar(names, [t.score for t in evaluation.tasks.values()], color="tab:blue", label="score")
+    ax.scatter(names, [t.baseline for t in evaluation.tasks.values()], color="black", marker="_", s=400, label="chance")
+    core = "" if evaluation.core is None else f" (CORE {evaluation.core:+z.3f})"
+    ax.set(title=f"Evaluation{core}", ylabel="score", ylim=(0, 1))
     ax.tick_params(axis="x", labelrotation=40)
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
@@ -87,44 +94,54 @@ def plot_eval(evaluation: dict, path) -> None:
     plt.close(fig)
 
 
-def _summary(metrics: list[dict]) -> str:
-    evals = [m for m in metrics if "val_bpb" in m]
+def _summary(metrics: list[MetricsRecord]) -> str:
+    evals = [m for m in metrics if m.val_bpb is not None]
     if not evals:
         return "## Summary\n\nNo training metrics yet."
     first, last = evals[0], evals[-1]
     if len(evals) == 1:
-        return (
-            f"## Summary\n\nNot trained yet: validation bits per byte {first['val_bpb']:.4f} at step {first['step']}."
-        )
-    change = 100 * (last["val_bpb"] - first["val_bpb"]) / first["val_bpb"]
-    train = [m for m in metrics if "loss" in m]
+        return f"## Summary\n\nNot trained yet: validation bits per byte {first.val_bpb:.4f} at step {first.step}."
+    change = 100 * (last.val_bpb - first.val_bpb) / first.val_bpb
+    train = [m for m in metrics if m.loss is not None]
     rows = [
         "| | step | val loss | val bits/byte |",
         "|---|---:|---:|---:|",
-        f"| first | {first['step']} | {first['val_loss']:.4f} | {first['val_bpb']:.4f} |",
-        f"| final | {last['step']} | {last['val_loss']:.4f} | {last['val_bpb']:.4f} |",
+        f"| first | {first.step} | {first.val_loss:.4f} | {first.val_bpb:.4f} |",
+        f"| final | {last.step} | {last.val_loss:.4f} | {last.val_bpb:.4f} |",
     ]
     lines = ["## Summary", "", *rows, "", f"Validation bits per byte changed by {change:+z.1f}%."]
     if train:
-        speed = sorted(m["tokens_per_s"] for m in train)[len(train) // 2]
-        lines.append(f"Median throughput {speed:,.0f} tokens/s; {train[-1]['tokens']:,} tokens seen.")
+        speed = sorted(m.tokens_per_s for m in train)[len(train) // 2]
+        lines.append(f"Median throughput {speed:,.0f} tokens/s; {train[-1].tokens:,} tokens seen.")
     return "\n".join(lines)
 
 
-def _data_section(manifest: dict) -> str:
+def format_steps(rows: list[PipelineStep]) -> str:
+    """Markdown table of the data pipeline's steps (`mai data stats` and the report)."""
+    lines = ["| step | docs in | docs out | dropped | M chars out | top reasons |", "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        mb = f"{r.chars_out / 1e6:.2f}" if r.chars_out is not None else ""
+        reasons = ", ".join(f"{k} {v}" for k, v in r.reasons.items())
+        lines.append(
+            f"| {r.step} | {r.documents_in} | {r.documents_out} | {r.documents_in - r.documents_out} | {mb} | {reasons} |"
+        )
+    return "\n".join(lines)
+
+
+def _data_section(manifest: Manifest) -> str:
     rows = [
         "| source | documents | MB | mixture weight | train tokens | val tokens |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     rows += [
-        f"| {name} | {s['documents']} | {s['bytes'] / 1e6:.2f} | {manifest['mixture'].get(name, 1.0)} | "
-        f"{s['train_tokens']:,} | {s['val_tokens']:,} |"
-        for name, s in manifest["sources"].items()
+        f"| {name} | {s.documents} | {s.bytes / 1e6:.2f} | {manifest.mixture.get(name, 1.0)} | "
+        f"{s.train_tokens:,} | {s.val_tokens:,} |"
+        for name, s in manifest.sources.items()
     ]
-    bpt = manifest["bytes_per_token"]
+    bpt = manifest.bytes_per_token
     summary = (
-        f"{manifest['tokens']['train']:,} train and {manifest['tokens']['val']:,} validation tokens; "
-        f"{bpt['train']:.2f} / {bpt['val']:.2f} bytes per token (train / val)."
+        f"{manifest.tokens.train:,} train and {manifest.tokens.val:,} validation tokens; "
+        f"{bpt.train:.2f} / {bpt.val:.2f} bytes per token (train / val)."
     )
     return (
         "## Data\n\n"
@@ -132,39 +149,37 @@ def _data_section(manifest: dict) -> str:
         + "\n\n"
         + summary
         + "\n\n### Pipeline steps\n\n"
-        + format_table(manifest["steps"])
+        + format_steps(manifest.steps)
         + "\n\n![Documents kept after each data pipeline step](data_steps.png)"
     )
 
 
-def _eval_section(evaluation: dict) -> str:
-    limit = evaluation["settings"]["limit"]
+def _eval_section(evaluation: EvalRecord) -> str:
+    limit = evaluation.settings.limit
     lines = [
         "## Evaluation",
         "",
-        f"`mai eval` on {evaluation['checkpoint']}, "
+        f"`mai eval` on {evaluation.checkpoint}, "
         + (f"the first {limit} examples of each task." if limit else "every example of each task."),
         "",
     ]
-    if evaluation.get("bpb"):
-        lines += [f"Validation bits per byte: **{evaluation['bpb']['val_bpb']:.4f}**.", ""]
+    if evaluation.bpb is not None:
+        lines += [f"Validation bits per byte: **{evaluation.bpb.val_bpb:.4f}**.", ""]
+    if evaluation.core is not None:
+        lines += [f"CORE-style aggregate (mean of (score − chance) / (1 − chance)): **{evaluation.core:+z.4f}**.", ""]
     lines += [
-        f"CORE-style aggregate (mean of (score − chance) / (1 − chance)): **{evaluation['core']:+z.4f}**.",
-        "",
         "| task | metric | score | chance | centred |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [
-        f"| {name} | {t['metric']} | {t['score']:.4f} | {t['baseline']:.3f} | {t['centered']:+z.4f} |"
-        for name, t in evaluation["tasks"].items()
+        f"| {name} | {t.metric} | {t.score:.4f} | {t.baseline:.3f} | {t.centered:+z.4f} |"
+        for name, t in evaluation.tasks.items()
     ]
     return "\n".join(lines) + "\n\n![Evaluation](eval.png)"
 
 
-def _samples_section(samples: dict) -> str:
-    parts = [
-        f"## Samples\n\nFrom {samples['checkpoint']}, temperature {samples['temperature']}, top-k {samples['top_k']}."
-    ]
-    for sample in samples["samples"]:
-        parts.append(f"**{sample['prompt']}**\n\n```text\n{sample['text']}\n```")
+def _samples_section(samples: Samples) -> str:
+    parts = [f"## Samples\n\nFrom {samples.checkpoint}, temperature {samples.temperature}, top-k {samples.top_k}."]
+    for sample in samples.samples:
+        parts.append(f"**{sample.prompt}**\n\n```text\n{sample.text}\n```")
     return "\n\n".join(parts)

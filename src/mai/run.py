@@ -1,9 +1,11 @@
-"""The run directory: its paths, atomic writes, checksums, and loading a model and tokenizer from it.
+"""The run directory: its paths, atomic writes, checksums, and reading and writing its typed files.
 
-This is the one module that knows the layout every stage shares (see DESIGN.md):
+This is the one module that knows the layout every stage shares (see docs/run-directory.md):
 
     runs/NAME/config.toml, data/manifest.json, data/shards/, data/work/, data/rejected/, tokenizer.json,
-    checkpoints/step_N/ + checkpoints/latest, metrics.jsonl, samples.json, report.md, *.png
+    checkpoints/step_N/ + checkpoints/latest, metrics.jsonl, samples.json, eval.json, report.md, *.png
+
+The JSON files' models are in run_files.py; loading a model and tokenizer is in loading.py.
 """
 
 import hashlib
@@ -12,13 +14,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from mai.config import ModelConfig, RunConfig, config_to_toml, read_toml, validate_config
+from mai.config import RunConfig, config_to_toml, read_toml, validate_config
 from mai.errors import MaiError
+from mai.run_files import CheckpointMeta, Manifest, MetricsRecord, RunFile
 
 
 def default_mode(directory: bool = False) -> int:
@@ -87,113 +90,38 @@ def make_directory(path: Path) -> None:
         raise MaiError(f"{in_the_way} is a file, so {path} cannot be a directory; choose another path") from None
 
 
-class FileShape(BaseModel):
-    """The keys and types that mai reads from a JSON file it writes; the file may hold more."""
-
-    remedy: ClassVar[str] = "delete it and rerun the stage that writes it"
+RunFileT = TypeVar("RunFileT", bound=RunFile)
 
 
-class Shard(FileShape):
-    split: str
-    path: str
-    sha256: str
+def write_json(path: Path, record: RunFile) -> None:
+    """Write a run file atomically."""
+    atomic_write_text(path, record.model_dump_json(indent=2, by_alias=True) + "\n")
 
 
-class PipelineStep(FileShape):
-    step: str
-    documents_in: int
-    documents_out: int
-    chars_out: int | None
-    reasons: dict[str, int]
-
-
-class SourceTotals(FileShape):
-    documents: int
-    bytes: int
-    train_tokens: int
-    val_tokens: int
-
-
-class TokenCounts(FileShape):
-    train: int
-    val: int
-
-
-class BytesPerToken(FileShape):
-    train: float
-    val: float
-
-
-class Manifest(FileShape):
-    """data/manifest.json, written last by `mai data prepare`."""
-
-    remedy: ClassVar[str] = "delete it and rerun `mai data prepare`"
-
-    sources: dict[str, SourceTotals]
-    mixture: dict[str, float]
-    val_documents: list[str]
-    dtype: Literal["uint16", "uint32"]
-    tokenizer_sha256: str
-    bytes_per_token: BytesPerToken
-    tokens: TokenCounts
-    shards: list[Shard]
-    steps: list[PipelineStep]
-
-
-class CheckpointMeta(FileShape):
-    """checkpoints/step_N/meta.json; an imported checkpoint has no data position or training state."""
-
-    remedy: ClassVar[str] = "restore it, or delete this checkpoint's folder to fall back to the checkpoint before it"
-
-    model: dict[str, Any]
-    model_sha256: str
-    tokenizer_sha256: str | None
-    step: int
-    data: dict[str, int] | None = None
-    train_state_sha256: str | None = None
-
-
-class Sample(FileShape):
-    prompt: str
-    text: str
-
-
-class Samples(FileShape):
-    """samples.json, the report's completions of the config's prompts."""
-
-    remedy: ClassVar[str] = "delete it; `mai run` writes it again"
-
-    checkpoint: str
-    temperature: float
-    top_k: int
-    samples: list[Sample]
-
-
-def read_json(path: Path, shape: type[FileShape] | None = None) -> Any:
-    """The JSON at `path`, checked against `shape` when given (a file edited or from another version)."""
+def read_json(path: Path, model: type[RunFileT]) -> RunFileT:
+    """The run file at `path`, checked against its model (a file edited, or from another version)."""
     if not path.is_file():
-        raise MaiError(f"{path} is missing; {shape.remedy if shape else 'rerun the stage that writes it'}")
+        raise MaiError(f"{path} is missing; {model.remedy}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MaiError(f"{path} is corrupt ({e}); {(shape or FileShape).remedy}") from None
-    problem = shape_problem(data, shape) if shape is not None else None
+        raise MaiError(f"{path} is corrupt ({e}); {model.remedy}") from None
+    record, problem = validate_run_file(data, model)
     if problem is not None:
-        raise MaiError(f"{path} is not as mai writes it ({problem}); {shape.remedy}")
-    return data
+        raise MaiError(f"{path} is not as mai writes it ({problem}); {model.remedy}")
+    return record
 
 
-def shape_problem(data: Any, shape: type[FileShape]) -> str | None:
-    """What keeps `data` from having `shape` (the first missing key or wrong type), or None."""
-    if not isinstance(data, dict):
-        return "not a JSON object"
+def validate_run_file(data: Any, model: type[RunFileT]) -> tuple[RunFileT | None, str | None]:
+    """`data` as a `model`, or None and the first thing that keeps it from being one."""
     try:
-        shape.model_validate(data, strict=True)
+        return model.model_validate(data, strict=True), None
     except ValidationError as e:
-        error = e.errors()[0]
-        where = ".".join(map(str, error["loc"]))
-        return f"missing key {where!r}" if error["type"] == "missing" else f"{where}: {error['msg']}"
-    return None
+        item = e.errors()[0]
+        where = ".".join(map(str, item["loc"]))
+        if not where:
+            return None, "not a JSON object"
+        return None, f"missing key {where!r}" if item["type"] == "missing" else f"{where}: {item['msg']}"
 
 
 class RunDir:
@@ -210,6 +138,7 @@ class RunDir:
     checkpoints_dir = property(lambda self: self.path / "checkpoints")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     samples_path = property(lambda self: self.path / "samples.json")
+    eval_path = property(lambda self: self.path / "eval.json")
     report_path = property(lambda self: self.path / "report.md")
 
     def require(self) -> "RunDir":
@@ -235,7 +164,7 @@ class RunDir:
     def write_config(self, config: RunConfig) -> None:
         atomic_write_text(self.config_path, config_to_toml(config))
 
-    def read_manifest(self) -> dict:
+    def read_manifest(self) -> Manifest:
         if not self.manifest_path.is_file():
             raise MaiError(f"{self.path} has no prepared data; run `mai data prepare {self.path}`")
         return read_json(self.manifest_path, Manifest)
@@ -244,11 +173,11 @@ class RunDir:
         """All token ids of a split, memory-mapped from its shards after checking each sha256."""
         manifest = self.read_manifest()
         arrays = []
-        for shard in manifest["shards"]:
-            if shard["split"] == split:
-                path = self.data_dir / shard["path"]
-                verify_sha256(path, shard["sha256"], f"rerun `mai data prepare {self.path}`, which rewrites it")
-                arrays.append(np.memmap(path, dtype=manifest["dtype"], mode="r"))
+        for shard in manifest.shards:
+            if shard.split == split:
+                path = self.data_dir / shard.path
+                verify_sha256(path, shard.sha256, f"rerun `mai data prepare {self.path}`, which rewrites it")
+                arrays.append(np.memmap(path, dtype=manifest.dtype, mode="r"))
         if not arrays:
             raise MaiError(f"{self.manifest_path} lists no {split} shards; rerun `mai data prepare {self.path}`")
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
@@ -283,117 +212,33 @@ class RunDir:
         return path
 
 
-def load_tokenizer(run: RunDir, vocab_size: int | None = None):
-    """The run's tokenizer; with vocab_size, ids beyond the model's embedding are an error."""
-    from mai.tokenizer import Tokenizer
-
-    if not run.tokenizer_path.is_file():
-        raise MaiError(f"{run.path} has no tokenizer.json; run `mai data prepare {run.path}`")
-    tokenizer = Tokenizer.load(run.tokenizer_path)
-    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
-        raise MaiError(
-            f"{run.tokenizer_path} has {tokenizer.vocab_size} tokens but the model has vocab_size {vocab_size}; "
-            "use the tokenizer this model was trained with, or set model.vocab_size to match"
-        )
-    return tokenizer
+def read_checkpoint_meta(checkpoint: Path) -> CheckpointMeta:
+    return read_json(checkpoint / "meta.json", CheckpointMeta)
 
 
-def save_tokenizer(tokenizer, directory: Path) -> None:
-    """Write tokenizer.json and tokenizer_config.json (BOS/EOS, chat template) into `directory`."""
-    atomic_write_text(directory / "tokenizer.json", tokenizer.backend.to_str())
-    atomic_write_json(directory / "tokenizer_config.json", tokenizer.hf_config())
-
-
-def save_safetensors(path: Path, state: dict, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file, renamed into place when complete and given the default mode
-    (safetensors makes its files 0600)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(state, tmp, metadata=metadata)
-        tmp.chmod(default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def save_model_weights(directory: Path, model, config: ModelConfig, tokenizer_sha256: str | None) -> dict:
-    """Write model.safetensors into `directory`; return the metadata that load_model_weights checks."""
-    path = directory / "model.safetensors"
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_safetensors(path, state)
-    return {"model": config.model_dump(), "model_sha256": sha256_file(path), "tokenizer_sha256": tokenizer_sha256}
-
-
-def load_model_weights(checkpoint: Path, model, config: ModelConfig) -> dict:
-    """Load a checkpoint's weights into `model` after checking config and checksum; return its metadata."""
-    from safetensors.torch import load_file
-
-    meta = read_json(checkpoint / "meta.json", CheckpointMeta)
-    if meta["model"] != config.model_dump():
-        changed = sorted(k for k in meta["model"] if meta["model"][k] != config.model_dump().get(k))
-        raise MaiError(
-            f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
-            "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
-        )
-    path = checkpoint / "model.safetensors"
-    verify_sha256(path, meta["model_sha256"], checkpoint_remedy(checkpoint))
-    model.load_state_dict(load_file(path))
-    return meta
-
-
-def check_tokenizer_matches(run: RunDir, expected_sha256: str | None, user: str) -> None:
-    """The run's tokenizer.json must be the one `user` (a model, or the shards) was made with."""
-    if expected_sha256 and sha256_file(run.tokenizer_path) != expected_sha256:
-        raise MaiError(
-            f"{run.tokenizer_path} is not the tokenizer {user} (sha256 differs); "
-            "restore the original tokenizer.json, or rerun from `mai data prepare` in a new run directory"
-        )
-
-
-def load_model(run: RunDir, device: str = "cpu"):
-    """The latest checkpoint's model (eval mode), its run config and its tokenizer, checked against each other."""
-    import torch  # here, not at the top: every data-pipeline worker imports this module, 1.5 s sooner without it
-
-    from mai.model.transformer import Transformer
-
-    config = run.read_config()
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        raise MaiError(f"{run.path} has no checkpoint; train it with `mai train {run.path}`")
-    tokenizer = load_tokenizer(run, config.model.vocab_size)
-    with torch.device("meta"):
-        model = Transformer(config.model)
-    model.to_empty(device=device)
-    model.init_weights()  # fills the non-persistent RoPE tables; the weights are replaced below
-    meta = load_model_weights(checkpoint, model, config.model)
-    check_tokenizer_matches(run, meta.get("tokenizer_sha256"), "this model was trained with")
-    return model.eval(), config, tokenizer
-
-
-def read_metrics(run: RunDir) -> list[dict]:
+def read_metrics(run: RunDir) -> list[MetricsRecord]:
     """Every complete metrics.jsonl record; a line torn by a kill mid-write is skipped."""
     if not run.metrics_path.is_file():
         return []
     records = []
     for line in run.metrics_path.read_text(errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            records.append(MetricsRecord.model_validate_json(line, strict=True))
+        except ValidationError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
     return records
 
 
-def append_metrics(run: RunDir, record: dict) -> None:
+def metrics_line(record: MetricsRecord) -> str:
+    return record.model_dump_json() + "\n"
+
+
+def append_metrics(run: RunDir, record: MetricsRecord) -> None:
     with open(run.metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(metrics_line(record))
 
 
 def truncate_metrics(run: RunDir, step: int) -> None:
     """Drop records logged after `step` by a run that died before its next checkpoint."""
-    kept = [r for r in read_metrics(run) if r["step"] <= step]
-    atomic_write_text(run.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    kept = [r for r in read_metrics(run) if r.step <= step]
+    atomic_write_text(run.metrics_path, "".join(map(metrics_line, kept)))

