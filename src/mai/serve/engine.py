@@ -6,7 +6,7 @@ A sequence is one returned choice. Submitted sequences wait in a queue; one back
    does and copy its keys and values into the row, or prompts that arrived together in one padded
    forward pass straight into their rows; sample each first token;
 2. decode one token for every running row together, a ragged batch in which each row is at its own
-   length (the model's `lengths` argument); on CUDA the step replays a captured graph, on CPUs with
+   position; on CUDA the step replays a captured graph, on CPUs with
    `compile` it runs a compiled one (fixed_shapes.py);
 3. retire rows that finished (stop token, stop string, max_tokens, context) or whose client went
    away, moving the last row into the gap so the running rows stay 0..n-1.
@@ -24,15 +24,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mai.model.generate import sample_next
+from mai.errors import MaiError
+from mai.model.decode import sample_next
 from mai.model.transformer import KVCache, Transformer
 from mai.serve.fixed_shapes import CompiledDecode, GraphedDecode
+from mai.serve.kv_cache import BatchCache
 
 PAD_TO = 32  # prompts prefilled together are right-padded to a multiple of this
 
 
-class QueueFull(Exception):
-    """The waiting queue is at its limit; the client should retry later."""
+class QueueFull(MaiError):
+    """The waiting queue is at its limit: a 429 asking the client to retry shortly."""
+
+    def __init__(self, waiting: int, limit: int):
+        super().__init__(
+            f"the server is busy ({waiting} sequences are waiting (limit {limit})); retry shortly",
+            status=429,
+            type="rate_limit_error",
+            headers={"Retry-After": "1"},
+        )
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,7 @@ class Sequence:
         self.bias: torch.Tensor | None = None  # (V,) on the model's device from prefill, when there is a logit_bias
         self.text = ""  # decoded completion so far
         self.sent = 0  # characters of self.text already emitted
-        self.prefix_offset = 0  # incremental detokenization window over output_ids
-        self.read_offset = 0
+        self.text_stream = None  # the tokenizer's TextStream over output_ids, from prefill
         self.held: Output | None = None  # what a non-streaming sequence has produced so far
         self.finished = False  # its last output (the one with a finish_reason) has been reported
 
@@ -147,9 +156,11 @@ class Engine:
         self.max_context = max_context
         self.max_waiting = max_waiting
         self.device = next(model.parameters()).device
-        self.cache = KVCache.for_decoding(model, max_batch, max_context)  # as `generate` makes its cache
+        fixed_shapes = self.device.type == "cuda" or compile
+        # as `generate` makes its cache; fixed shapes decode over the cache's whole width
+        self.cache = BatchCache.for_decoding(model, max_batch, max_context, fixed_span=fixed_shapes)
         self.scratch = KVCache.for_decoding(model, 1, max_context)
-        self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)
+        self.lengths = torch.zeros(max_batch, dtype=torch.long, device=self.device)  # tokens in each row
         self.fixed = None  # the decode step at fixed shapes, when there is one (fixed_shapes.py)
         if self.device.type == "cuda":
             self.fixed = GraphedDecode(model, self.cache, self.lengths)
@@ -178,7 +189,7 @@ class Engine:
         """Queue sequences (all or none); QueueFull when the queue would pass max_waiting."""
         with self.wake:
             if len(self.waiting) + len(sequences) > self.max_waiting:
-                raise QueueFull(f"{len(self.waiting)} sequences are waiting (limit {self.max_waiting})")
+                raise QueueFull(len(self.waiting), self.max_waiting)
             self.waiting.extend(sequences)
             self.wake.notify()
 
@@ -246,10 +257,10 @@ class Engine:
     def _prefill(self, seq: Sequence) -> None:
         T = len(seq.prompt_ids)
         self._prepare(seq)
-        self.scratch.length = 0
         prompt = torch.tensor([seq.prompt_ids], device=self.device)
         # (T, V) when the prompt's logprobs are wanted, else (1, V) for the last position as `generate` computes it
-        logits = self.model(prompt, self.scratch, last_only=not seq.params.prompt_logprobs)[0]
+        last = None if seq.params.prompt_logprobs else torch.tensor([T - 1], device=self.device)
+        logits = self.model(prompt, cache=self.scratch, logits_at=last)[0]
         prompt_logprobs = None
         if seq.params.prompt_logprobs:
             k = max(seq.params.logprobs or 0, 1)
@@ -281,8 +292,7 @@ class Engine:
             self._prepare(seq)
         prompt_lengths = torch.tensor([len(s.prompt_ids) for s in seqs], device=self.device)
         rows = self.cache.rows(first, first + len(seqs))
-        starts = torch.zeros_like(prompt_lengths)
-        logits = self.model(tokens.to(self.device), rows, lengths=starts, logits_at=prompt_lengths - 1)[:, 0]
+        logits = self.model(tokens.to(self.device), cache=rows, logits_at=prompt_lengths - 1)[:, 0]
         self.lengths[first : first + len(seqs)] = prompt_lengths
         self.running += seqs
         picks = self._pick(seqs, logits)
@@ -290,7 +300,8 @@ class Engine:
         self._retire(done)
 
     def _prepare(self, seq: Sequence) -> None:
-        """Seed seq's generator and lay out its logit bias, on the model's device."""
+        """Seed seq's generator, lay out its logit bias on the model's device, start its text."""
+        seq.text_stream = self.tokenizer.text_stream()
         if seq.params.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(seq.params.seed)
@@ -305,7 +316,7 @@ class Engine:
         if self.fixed is not None:
             logits = self.fixed(tokens, n)  # (n, V)
         else:
-            logits = self.model(tokens, self.cache, last_only=True, lengths=self.lengths[:n])[:, -1]  # (n, V)
+            logits = self.model(tokens, self.lengths[:n, None], self.cache)[:, -1]  # (n, V)
         self.lengths[:n] += 1
         picks = self._pick(self.running, logits)
         done = [
@@ -369,12 +380,7 @@ class Engine:
 
     def _detokenize(self, seq: Sequence) -> tuple[str, str | None]:
         """New text safe to send (never half a character or a possible stop string's start), and "stop" on a stop string."""
-        ids = seq.output_ids
-        before = self.tokenizer.decode(ids[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
-        after = self.tokenizer.decode(ids[seq.prefix_offset :], skip_special_tokens=True)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            seq.text += after[len(before) :]
-            seq.prefix_offset, seq.read_offset = seq.read_offset, len(ids)
+        seq.text += seq.text_stream.step(seq.output_ids[-1])
         stops = seq.params.stop
         if stops:
             search_from = max(0, seq.sent - max(map(len, stops)))

@@ -27,6 +27,8 @@ config:
     key_env = "TEAM_A_KEY"
     token_quota = 1_000_000             # prompt + completion tokens per quota window
     quota_window_s = 86400
+
+Every field, with its default and its check, is in gateway_config.py.
 """
 
 import asyncio
@@ -37,104 +39,16 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mai.config import read_toml
-from mai.errors import MaiError
+from mai.errors import InternalError, MaiError
+from mai.serve.gateway_config import Backend, ClientKey, GatewayConfig, load_gateway_config
+from mai.serve.http import add_error_handlers, add_health_and_metrics, bind, run_app, url_of
 from mai.serve.protocol import ErrorInfo, ErrorResponse, lone_surrogate, not_text
-from mai.serve.web import add_health_and_metrics, add_route_errors, bind, error_response, run_app, url_of
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Backend(Section):
-    url: str = Field(description="OpenAI-compatible base URL ending in /v1.")
-    model: str = Field(description="The model name this backend expects.")
-    weight: int = Field(1, ge=0, description="Share of the alias's traffic among its backends.")
-    api_key_env: str | None = Field(None, description="Environment variable holding this backend's API key.")
-
-    @field_validator("url")
-    @classmethod
-    def without_trailing_slash(cls, url: str) -> str:
-        return url.rstrip("/")  # the gateway appends "/completions": ".../v1/" would ask for "/v1//completions"
-
-    @property
-    def name(self) -> str:
-        return f"{self.url}#{self.model}"
-
-
-class Route(Section):
-    backends: list[Backend] = Field(min_length=1, description="Weighted primaries.")
-    fallbacks: list[Backend] = Field([], description="Tried in order when the primary fails.")
-    timeout_s: float = Field(60.0, gt=0, description="Seconds to connect to a backend or to wait for its next bytes.")
-
-
-class ClientKey(Section):
-    key_env: str = Field(description="Environment variable holding the key clients send as Bearer.")
-    token_quota: int | None = Field(None, ge=0, description="Tokens per window; none means unlimited.")
-    quota_window_s: float = Field(86400.0, gt=0, description="Length of the quota window.")
-
-
-class GatewayConfig(Section):
-    host: str = "127.0.0.1"
-    port: int = 9000
-    usage_log: str = Field("gateway_usage.jsonl", description="JSONL file, one line per request sent to backends.")
-    models: dict[str, Route] = Field(min_length=1, description="Model alias → route.")
-    keys: dict[str, ClientKey] = Field({}, description="Client key name → key and quota.")
-
-
-def load_gateway_config(path: Path) -> GatewayConfig:
-    if not path.exists():
-        raise MaiError(f"{path} does not exist; write a gateway config (see `mai gateway --help`)")
-    try:
-        config = GatewayConfig.model_validate(read_toml(path))
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise MaiError(f"{path}: {where}: {first['msg']}") from None
-    check_backends(config)
-    check_usage_log(config.usage_log)
-    return config
-
-
-def check_backends(config: GatewayConfig) -> None:
-    """Every backend's url is a full http(s) URL and its api_key_env is set now, rather than each of its
-    requests failing later."""
-    for alias, route in config.models.items():
-        for backend in (*route.backends, *route.fallbacks):
-            url = urlsplit(backend.url)
-            if url.scheme not in ("http", "https") or not url.netloc:
-                raise MaiError(
-                    f"model {alias}: backend {backend.name}: url {backend.url!r} is not an http:// or https:// URL; "
-                    'write the base URL in full, as in url = "http://127.0.0.1:8000/v1"'
-                )
-            if backend.api_key_env and not os.environ.get(backend.api_key_env):
-                raise MaiError(
-                    f"model {alias}: backend {backend.name}: environment variable {backend.api_key_env} "
-                    "is empty or unset; export its API key"
-                )
-
-
-def check_usage_log(usage_log: str) -> None:
-    """The usage log can be appended to now, rather than each request failing to log later."""
-    path = Path(usage_log)
-    if path.is_dir():
-        problem = "is a directory"
-    elif not path.parent.is_dir():
-        problem = f"is in {path.parent}, which is not a directory"
-    elif not os.access(path if path.exists() else path.parent, os.W_OK):
-        problem = "is not writable"
-    else:
-        return
-    raise MaiError(f"usage_log {usage_log} {problem}; set usage_log to a file the gateway can append to")
 
 
 class WeightedRoundRobin:
@@ -269,89 +183,126 @@ def error_event(message: str) -> str:
     return f"\ndata: {error.model_dump_json()}\n\n"
 
 
-def build_gateway(config: GatewayConfig) -> FastAPI:
-    app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
-    quotas, metrics = Quotas(config.keys), GatewayMetrics()
-    pickers = {alias: WeightedRoundRobin([b.weight for b in route.backends]) for alias, route in config.models.items()}
-    client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))  # a stream holds one for its length
-    log_lock = threading.Lock()
-    created = int(time.time())
-    add_route_errors(app)
+class Gateway:
+    """The routing of one config: backend order, quotas, the usage log, attempts, and the relay of answers."""
 
-    def log_usage(record: dict) -> None:
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.quotas, self.metrics = Quotas(config.keys), GatewayMetrics()
+        self.pickers = {
+            alias: WeightedRoundRobin([b.weight for b in route.backends]) for alias, route in config.models.items()
+        }
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=None))  # a stream holds one for its length
+        self.log_lock = threading.Lock()
+        self.created = int(time.time())
+
+    def app(self) -> FastAPI:
+        """The gateway's routes over this router."""
+        app = FastAPI(title="mai gateway", description="OpenAI-compatible routing over model backends.", version="1")
+        add_error_handlers(app)
+        add_health_and_metrics(app, self.metrics.registry)
+        app.get("/v1/models")(self.models)
+
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await self.forward(request, "/completions")
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request):
+            return await self.forward(request, "/chat/completions")
+
+        return app
+
+    def log_usage(self, record: dict) -> None:
         """Append `record`; a failure (the log moved, its disk full) goes to stderr, never to the client."""
         try:
-            with log_lock, open(config.usage_log, "a") as f:
+            with self.log_lock, open(self.config.usage_log, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
-            print(f"mai gateway: cannot append to usage_log {config.usage_log}: {e}", file=sys.stderr, flush=True)
+            print(f"mai gateway: cannot append to usage_log {self.config.usage_log}: {e}", file=sys.stderr, flush=True)
 
-    def order(alias: str) -> list[Backend]:
-        route = config.models[alias]
-        first = pickers[alias].pick()
+    def order(self, alias: str) -> list[Backend]:
+        """The backends to try: the picked primary, the other primaries, then the fallbacks."""
+        route = self.config.models[alias]
+        first = self.pickers[alias].pick()
         return [route.backends[first], *(b for i, b in enumerate(route.backends) if i != first), *route.fallbacks]
 
-    add_health_and_metrics(app, metrics.registry)
-
-    @app.get("/v1/models")
-    def models(request: Request):
-        if quotas.client(request.headers.get("authorization", "")) is None:
-            return error_response(
-                401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error"
+    def client_of(self, request: Request) -> str:
+        """The client key's name ("" when the gateway is open); a 401 for a missing or unknown key."""
+        name = self.quotas.client(request.headers.get("authorization", ""))
+        if name is None:
+            raise MaiError(
+                "missing or unknown API key: send 'Authorization: Bearer KEY'", status=401, type="authentication_error"
             )
+        return name
+
+    def models(self, request: Request):
+        self.client_of(request)
         cards = [
-            {"id": alias, "object": "model", "created": created, "owned_by": "mai-gateway"} for alias in config.models
+            {"id": alias, "object": "model", "created": self.created, "owned_by": "mai-gateway"}
+            for alias in self.config.models
         ]
         return {"object": "list", "data": cards}
 
-    async def forward(request: Request, path: str):
-        client_name = quotas.client(request.headers.get("authorization", ""))
-        if client_name is None:
-            return error_response(
-                401, "missing or unknown API key: send 'Authorization: Bearer KEY'", "authentication_error"
+    async def forward(self, request: Request, path: str):
+        client_name = self.client_of(request)
+        body = await self.read_body(request)
+        alias = body["model"]
+        left, reset_s = self.quotas.remaining(client_name)
+        if left is not None and left <= 0:
+            raise MaiError(
+                f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s",
+                status=429,
+                type="rate_limit_error",
+                headers={"Retry-After": str(max(1, int(reset_s)))},
             )
+        route = self.config.models[alias]
+        start, attempts, failures = time.perf_counter(), [], []  # seconds in the usage log: fallbacks included
+        for i, backend in enumerate(self.order(alias)):
+            if i:
+                self.metrics.fallbacks.labels(alias).inc()
+            attempts.append(backend.name)
+            try:
+                response, content = await self.attempt(backend, path, body, route.timeout_s)
+            except BackendFailed as e:
+                failures.append(str(e))
+                continue
+            return self.answer(response, content, backend, body, alias, client_name, attempts, start)
+        self.log_usage(usage_line(client_name, alias, None, attempts, 502, {}, start))  # no backend answered
+        raise InternalError(f"every backend of {alias!r} failed: {'; '.join(failures)}", status=502)
+
+    async def read_body(self, request: Request) -> dict:
+        """The request body, checked as far as routing it and sending it on needs: JSON an alias routed here."""
         try:
             # json.loads takes NaN and Infinity, which the request to the backend could not carry
             body = json.loads(await request.body(), parse_constant=not_a_json_number)
         except ValueError as e:
-            return error_response(400, f"the body is not JSON ({e}); send an OpenAI request object")
+            raise MaiError(f"the body is not JSON ({e}); send an OpenAI request object") from None
         where = lone_surrogate(body, "")
         if where:  # the backend request could not be encoded
-            return error_response(400, f"invalid request: {not_text(where)}", param=where.split(".")[0])
+            raise MaiError(f"invalid request: {not_text(where)}", parameter=where.split(".")[0])
         alias = body.get("model") if isinstance(body, dict) else None
         if not isinstance(alias, str):
-            message = f'the body needs a "model" field: send a JSON object with "model" one of {sorted(config.models)}'
-            return error_response(400, message, param="model")
-        if alias not in config.models:
-            message = f"model {alias!r} is not routed here; known: {sorted(config.models)}"
-            return error_response(404, message, param="model")
+            raise MaiError(
+                f'the body needs a "model" field: send a JSON object with "model" one of {sorted(self.config.models)}',
+                parameter="model",
+            )
+        if alias not in self.config.models:
+            raise MaiError(
+                f"model {alias!r} is not routed here; known: {sorted(self.config.models)}",
+                parameter="model",
+                status=404,
+            )
         if body.get("stream") is not None and not isinstance(body["stream"], bool):  # "false" is truthy
-            message = f"stream must be true or false (a JSON boolean), not {json.dumps(body['stream'])}"
-            return error_response(400, message, param="stream")
+            raise MaiError(
+                f"stream must be true or false (a JSON boolean), not {json.dumps(body['stream'])}", parameter="stream"
+            )
         if not isinstance(body.get("stream_options") or {}, dict):  # the gateway adds include_usage to it
-            return error_response(400, "stream_options must be an object", param="stream_options")
-        left, reset_s = quotas.remaining(client_name)
-        if left is not None and left <= 0:
-            message = f"token quota of key {client_name} is used up; it resets in {reset_s:.0f} s"
-            return error_response(429, message, "rate_limit_error", headers={"Retry-After": str(max(1, int(reset_s)))})
-        route = config.models[alias]
-        start, attempts, failures = time.perf_counter(), [], []  # seconds in the usage log: fallbacks included
-        for i, backend in enumerate(order(alias)):
-            if i:
-                metrics.fallbacks.labels(alias).inc()
-            attempts.append(backend.name)
-            try:
-                response, content = await attempt(backend, path, body, route.timeout_s)
-            except BackendFailed as e:
-                failures.append(str(e))
-                continue
-            return answer(response, content, backend, body, alias, client_name, attempts, start)
-        message = f"every backend of {alias!r} failed: {'; '.join(failures)}"
-        log_usage(usage_line(client_name, alias, None, attempts, 502, {}, start))  # no backend answered
-        return error_response(502, message, "server_error")
+            raise MaiError("stream_options must be an object", parameter="stream_options")
+        return body
 
     async def attempt(
-        backend: Backend, path: str, body: dict, timeout_s: float
+        self, backend: Backend, path: str, body: dict, timeout_s: float
     ) -> tuple[httpx.Response, bytes | AsyncIterator[str]]:
         """The backend's response and its whole body, or a stream's lines (see head_of).
 
@@ -363,30 +314,34 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
         sent = {**body, "model": backend.model}
         if body.get("stream"):  # ask for the usage chunk, so quotas count streamed tokens exactly
             sent["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        upstream = client.build_request("POST", f"{backend.url}{path}", json=sent, headers=headers, timeout=timeout_s)
+        upstream = self.client.build_request(
+            "POST", f"{backend.url}{path}", json=sent, headers=headers, timeout=timeout_s
+        )
         start, response = time.perf_counter(), None
         try:
-            response = await client.send(upstream, stream=True)
-            metrics.latency.labels(backend.name).observe(time.perf_counter() - start)
+            response = await self.client.send(upstream, stream=True)
+            self.metrics.latency.labels(backend.name).observe(time.perf_counter() - start)
             content = await head_of(response, bool(body.get("stream")), timeout_s)
         except (httpx.HTTPError, TimeoutError, BackendFailed) as e:
             if response is not None:
                 await response.aclose()
             outcome = str(e) if isinstance(e, BackendFailed) else type(e).__name__
-            metrics.requests.labels(backend.name, outcome).inc()
+            self.metrics.requests.labels(backend.name, outcome).inc()
             what = failure(backend, outcome)
             print(f"mai gateway: backend failed: {what}", file=sys.stderr, flush=True)
             raise BackendFailed(what) from None
-        metrics.requests.labels(backend.name, str(response.status_code)).inc()
+        self.metrics.requests.labels(backend.name, str(response.status_code)).inc()
         return response, content
 
-    def answer(response, content, backend, body, alias, client_name, attempts, start):
+    def answer(self, response, content, backend, body, alias, client_name, attempts, start):
+        """The backend's answer to the client, its tokens counted against the key and in the usage log."""
+
         def record(usage: dict, status: int) -> None:
             prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            metrics.tokens.labels(backend.name, "prompt").inc(prompt)
-            metrics.tokens.labels(backend.name, "completion").inc(completion)
-            quotas.spend(client_name, prompt + completion)
-            log_usage(usage_line(client_name, alias, backend.name, attempts, status, usage, start))
+            self.metrics.tokens.labels(backend.name, "prompt").inc(prompt)
+            self.metrics.tokens.labels(backend.name, "completion").inc(completion)
+            self.quotas.spend(client_name, prompt + completion)
+            self.log_usage(usage_line(client_name, alias, backend.name, attempts, status, usage, start))
 
         if isinstance(content, bytes):
             try:
@@ -396,45 +351,36 @@ def build_gateway(config: GatewayConfig) -> FastAPI:
             record(usage, response.status_code)
             media = response.headers.get("content-type", "application/json")
             return Response(content, status_code=response.status_code, media_type=media)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(relay(response, content, backend, wants_usage, record), media_type="text/event-stream")
 
-        wants_usage = (body.get("stream_options") or {}).get("include_usage")
 
-        async def relay():
-            usage, chunks, skip_blank, status = {}, 0, False, 200
-            try:
-                async for line in content:
-                    if skip_blank and not line:
-                        skip_blank = False
+async def relay(response: httpx.Response, lines: AsyncIterator[str], backend: Backend, wants_usage: bool, record):
+    """A backend's stream to the client, less the usage chunk the gateway asked for and the client did not;
+    `record(usage, status)` gets its usage (or one token per event, from a backend without usage chunks)."""
+    usage, chunks, skip_blank, status = {}, 0, False, 200
+    try:
+        async for line in lines:
+            if skip_blank and not line:
+                skip_blank = False
+                continue
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                chunks += 1
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if not chunk.get("choices") and not wants_usage:
+                        skip_blank = True  # the usage chunk the gateway asked for, not the client
                         continue
-                    if line.startswith("data: {"):
-                        chunk = json.loads(line[6:])
-                        chunks += 1
-                        if chunk.get("usage"):
-                            usage = chunk["usage"]
-                            if not chunk.get("choices") and not wants_usage:
-                                skip_blank = True  # the usage chunk the gateway asked for, not the client
-                                continue
-                    yield line + "\n"
-            except (httpx.HTTPError, ValueError) as e:  # the client has part of the answer: too late to fall back
-                cause = "sent a chunk that is not JSON" if isinstance(e, ValueError) else type(e).__name__
-                status, message = 502, f"backend {backend.name} failed mid-stream: {cause}"
-                print(f"mai gateway: {message}", file=sys.stderr, flush=True)
-                yield error_event(message)
-            finally:
-                await response.aclose()
-                record(usage or {"completion_tokens": chunks}, status)  # a backend without usage chunks: one per event
-
-        return StreamingResponse(relay(), media_type="text/event-stream")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        return await forward(request, "/completions")
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        return await forward(request, "/chat/completions")
-
-    return app
+            yield line + "\n"
+    except (httpx.HTTPError, ValueError) as e:  # the client has part of the answer: too late to fall back
+        cause = "sent a chunk that is not JSON" if isinstance(e, ValueError) else type(e).__name__
+        status, message = 502, f"backend {backend.name} failed mid-stream: {cause}"
+        print(f"mai gateway: {message}", file=sys.stderr, flush=True)
+        yield error_event(message)
+    finally:
+        await response.aclose()
+        record(usage or {"completion_tokens": chunks}, status)
 
 
 def run_gateway(path: Path) -> None:
@@ -442,4 +388,4 @@ def run_gateway(path: Path) -> None:
     hint = f"set another port in {path}"
     with bind(config.host, config.port, hint) as sock:
         ready = f"mai gateway: {url_of(sock)} (models {', '.join(config.models)})"
-        run_app(build_gateway(config), sock, hint, ready)
+        run_app(Gateway(config).app(), sock, hint, ready)

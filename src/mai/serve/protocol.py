@@ -188,10 +188,10 @@ class Usage(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
-    tokens: list[str] = []
-    token_logprobs: list[float | None] = []
-    top_logprobs: list[dict[str, float] | None] = []
-    text_offset: list[int] = []
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
@@ -208,6 +208,19 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class StreamChunk(BaseModel):
+    """A server-sent event of a stream, sent as `model_dump(exclude_unset=True)`: as OpenAI's, a chunk
+    carries only the fields it sets (the first chat delta its role, a finish chunk an empty delta,
+    usage only the last chunk), and always its `object`."""
+
+    def model_post_init(self, context) -> None:
+        self.model_fields_set.add("object")
+
+
+class CompletionChunk(CompletionResponse, StreamChunk):
+    """A /v1/completions stream event: a completion object whose choice carries the new text."""
 
 
 class TopLogprob(BaseModel):
@@ -257,7 +270,7 @@ class ChatChunkChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(StreamChunk):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int

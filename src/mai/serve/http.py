@@ -1,17 +1,23 @@
 """What `mai serve` and `mai gateway` share, without torch: OpenAI-shaped errors, /health and /metrics, and
-the listening socket."""
+the listening socket.
+
+Every error leaves as OpenAI's shape, {"error": {"message", "type", "param", "code"}}, from the
+handlers in `add_error_handlers`: a MaiError with its 4xx, an InternalError with its 5xx, anything
+else as a 500 whose traceback stays in the server log.
+"""
 
 import errno
 import socket
 import sys
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from mai.errors import MaiError
+from mai.errors import InternalError, MaiError
 from mai.serve import protocol as p
 
 
@@ -26,11 +32,32 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-def add_route_errors(app: FastAPI) -> None:
-    """Unknown paths (404) and methods (405) answer in OpenAI's error shape, not FastAPI's {"detail": ...}."""
+def add_error_handlers(app: FastAPI) -> None:
+    """The one place errors become OpenAI-shaped JSON, for the server and the gateway alike."""
+
+    @app.exception_handler(MaiError)
+    async def user_error(request: Request, e: MaiError):
+        return error_response(e.status, str(e), e.type, e.parameter, e.headers)
+
+    @app.exception_handler(InternalError)
+    async def internal_error(request: Request, e: InternalError):
+        return error_response(e.status, str(e), "server_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            reason = f"{first['ctx']['error']} at character {first['loc'][1]}"
+            return error_response(400, f"the body is not JSON ({reason}); send an OpenAI request object")
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+        if param is None:  # the body as a whole: none, a JSON array, or bytes without a JSON content type
+            message = "the body is not an OpenAI request object; send one as JSON with 'Content-Type: application/json'"
+            return error_response(400, message)
+        return error_response(400, f"invalid request: {param}: {first['msg']}", param=param)
 
     @app.exception_handler(HTTPException)
     async def route_error(request: Request, e: HTTPException):
+        """Unknown paths (404) and methods (405) answer in OpenAI's error shape, not FastAPI's {"detail": ...}."""
         where = f"{request.method} {request.url.path}"
         if e.status_code == 404:
             message = f"no route {where}; the routes are listed at /openapi.json"
@@ -40,6 +67,10 @@ def add_route_errors(app: FastAPI) -> None:
             message = str(e.detail)
         type = "server_error" if e.status_code >= 500 else "invalid_request_error"
         return error_response(e.status_code, message, type, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception):
+        return error_response(500, "internal error; the traceback is in the server log", "server_error")
 
 
 def add_health_and_metrics(app: FastAPI, registry: CollectorRegistry) -> None:
