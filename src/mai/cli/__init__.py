@@ -1,28 +1,20 @@
 """The `mai` command: each subcommand parses its arguments, then calls one function elsewhere.
 
 A MaiError, like a usage error (unknown option, missing argument), becomes one line on stderr and exit
-code 2; anything else is a bug and keeps its traceback.
+code 2; anything else is a bug and keeps its traceback. `mai eval`'s subcommands are in eval.py.
 """
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
-from typer.core import TyperGroup
 
+from mai.cli.common import Overrides, RunArg, path_value, write
+from mai.cli.eval import eval_app
 from mai.errors import MaiError
-
-
-class DefaultToRun(TyperGroup):
-    """`mai eval RUN ...` means `mai eval run RUN ...`: a first word naming no subcommand goes to `run`."""
-
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["run", *args]
-        return super().resolve_command(ctx, args)
-
+from mai.precision import Precision
 
 app = typer.Typer(
     add_completion=False,
@@ -36,11 +28,6 @@ tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer.
 config_app = typer.Typer(no_args_is_help=True, help="Presets and resolved configs.")
 export_app = typer.Typer(no_args_is_help=True, help="Export a run to other formats.")
 import_app = typer.Typer(no_args_is_help=True, help="Import checkpoints from other formats.")
-eval_app = typer.Typer(
-    cls=DefaultToRun,
-    no_args_is_help=True,
-    help="Evaluate a model: bits per byte, benchmark tasks, a CORE-style aggregate; `mai eval RUN` runs them.",
-)
 for sub, name in [
     (model_app, "model"),
     (data_app, "data"),
@@ -52,25 +39,6 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-Overrides = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a config key: section.key=value (repeatable).")
-]
-
-
-def path_value(text: str) -> Path:
-    """A path from the command line; an empty one would silently mean the current folder."""
-    if not text:
-        raise typer.BadParameter("an empty path; name a file or folder ('.' for the current one)")
-    return Path(text)
-
-
-RunArg = Annotated[Path, typer.Argument(parser=path_value, help="Run directory, e.g. runs/demo.")]
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
 
 @app.command()
 def run(
@@ -80,10 +48,10 @@ def run(
     ] = None,
     set_: Overrides = None,
 ):
-    """Run every stage (data, tokenizer, train, samples, report), skipping completed ones."""
+    """Run every stage (data, tokenizer, train, samples, eval, report), skipping completed ones."""
     from mai.config import load_config
-    from mai.pipeline import run_all
     from mai.run import RunDir
+    from mai.stages import run_all
 
     config = load_config(preset, set_ or [])
     run_all(RunDir(run_dir or Path("runs") / config.preset), config)
@@ -97,22 +65,28 @@ def init(
 ):
     """Create a run directory holding the resolved config."""
     from mai.config import load_config
-    from mai.pipeline import init_run
     from mai.run import RunDir
+    from mai.stages import init_run
 
     run, config = RunDir(run_dir), load_config(preset, set_ or [])
     init_run(run, config)
-    _out(f"{run.config_path}: preset {config.preset}; next `mai data prepare {run.path}`\n")
+    write(f"{run.config_path}: preset {config.preset}; next `mai data prepare {run.path}`\n")
 
 
 @config_app.command("show")
 def config_show(
-    preset: Annotated[str, typer.Argument(help="Preset name or .toml path.")] = "tiny", set_: Overrides = None
+    preset: Annotated[str, typer.Argument(help="Preset name or .toml path.")] = "tiny",
+    set_: Overrides = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Every key with its type, bounds, default and description.")
+    ] = False,
 ):
     """Print the fully resolved config as TOML."""
     from mai.config import config_to_toml, load_config
+    from mai.config_docs import explain_config
 
-    _out(config_to_toml(load_config(preset, set_ or [])))
+    config = load_config(preset, set_ or [])
+    write(explain_config(config) if explain else config_to_toml(config))
 
 
 @config_app.command("presets")
@@ -120,7 +94,7 @@ def config_presets():
     """List the built-in presets."""
     from mai.config import preset_names
 
-    _out("\n".join(preset_names()) + "\n")
+    write("\n".join(preset_names()) + "\n")
 
 
 @model_app.command("info")
@@ -131,49 +105,38 @@ def model_info_cmd(
 ):
     """Parameters, FLOPs per token and memory, computed on the meta device (nothing allocated)."""
     from mai.config import load_config
-    from mai.model.info import model_info
+    from mai.model.info import format_info, model_info
 
     config = load_config(preset, set_ or [])
     info = model_info(config.model, config.train.seq_len)
-    if as_json:
-        _out(json.dumps({"preset": config.preset, **info}, indent=2) + "\n")
-        return
-    lines = [f"{config.preset}: {info['params']:,} parameters ({info['params'] / 1e9:.3f}B)"]
-    lines += [
-        f"  {name:<10} {count:>18,}  {100 * count / info['params']:5.1f}%" for name, count in info["breakdown"].items()
-    ]
-    lines += [
-        f"training FLOPs/token  {info['flops_per_token']:.3e}  (seq_len {info['seq_len']})",
-        f"weights in bf16       {info['memory_bf16_weights_bytes'] / 2**30:,.2f} GiB",
-        f"training state        {info['memory_training_bytes'] / 2**30:,.2f} GiB  (bf16 + fp32 master, grads, Adam)",
-        f"KV cache per token    {info['kv_cache_bytes_per_token_bf16'] / 2**10:,.1f} KiB (bf16)",
-    ]
-    _out("\n".join(lines) + "\n")
+    write(
+        json.dumps({"preset": config.preset, **info}, indent=2) + "\n" if as_json else format_info(config.preset, info)
+    )
 
 
 @data_app.command("prepare")
 def data_prepare(run_dir: RunArg):
     """Run the data pipeline (extract, filter, dedup, decontaminate), train the tokenizer, write shards."""
     from mai.data.prepare import prepare_data
-    from mai.data.stats import format_table
+    from mai.report import format_steps
     from mai.run import RunDir
 
     run = RunDir(run_dir).require()
     manifest = prepare_data(run, run.read_config())
-    _out(format_table(manifest["steps"]) + "\n\n")
-    _out(
-        f"tokens: {manifest['tokens']['train']:,} train, {manifest['tokens']['val']:,} val; "
-        f"{manifest['bytes_per_token']['val']:.2f} bytes/token on validation text\n"
+    write(format_steps(manifest.steps) + "\n\n")
+    write(
+        f"tokens: {manifest.tokens.train:,} train, {manifest.tokens.val:,} val; "
+        f"{manifest.bytes_per_token.val:.2f} bytes/token on validation text\n"
     )
 
 
 @data_app.command("stats")
 def data_stats(run_dir: RunArg):
     """Per-step table of the data pipeline: documents in and out, size, top reasons for drops."""
-    from mai.data.stats import format_table
+    from mai.report import format_steps
     from mai.run import RunDir
 
-    _out(format_table(RunDir(run_dir).require().read_manifest()["steps"]) + "\n")
+    write(format_steps(RunDir(run_dir).require().read_manifest().steps) + "\n")
 
 
 @tokenizer_app.command("train")
@@ -187,7 +150,7 @@ def tokenizer_train(run_dir: RunArg):
 
     run = RunDir(run_dir).require()
     tokenizer, held_out = retrain_tokenizer(run, run.read_config())
-    _out(f"{run.tokenizer_path}: {tokenizer.vocab_size} tokens, {held_out:.3f} bytes/token on validation text\n")
+    write(f"{run.tokenizer_path}: {tokenizer.vocab_size} tokens, {held_out:.3f} bytes/token on validation text\n")
 
 
 @app.command()
@@ -203,7 +166,7 @@ def train(
 
     run = RunDir(run_dir).require()
     record = train_run(run, resume=resume, config=apply_overrides(run.read_config(), set_ or []))
-    _out(json.dumps(record) + "\n")
+    write(record.model_dump_json() + "\n")
 
 
 @app.command()
@@ -216,15 +179,16 @@ def generate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Above 0; 1 disables.")] = 1.0,
     seed: Annotated[int | None, typer.Option(min=0, max=2**64 - 1, help="Seed for reproducible sampling.")] = None,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
+        Precision, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
     ] = "auto",
     compile: Annotated[
         bool, typer.Option("--compile", help="Decode through torch.compile: 2-4x faster per token after ~10-20 s.")
     ] = False,
 ):
     """Write the prompt followed by its completion to stdout (logs go to stderr)."""
+    from mai.console import say
+    from mai.generate import completion_pieces, load_for_generation
     from mai.run import RunDir
-    from mai.sample import load_for_generation, stream_completion
 
     try:
         prompt.encode("utf-8")
@@ -234,13 +198,13 @@ def generate(
         raise MaiError("--top-p must be above 0 (1 keeps every token)", parameter="top_p")
     model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
     if compile:
-        sys.stderr.write("compiling the decode step (--compile): 10-20 s before the first token\n")
-    pieces = stream_completion(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
+        say("compiling the decode step (--compile): 10-20 s before the first token")
+    pieces = completion_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
     first = next(pieces, "")  # checks the prompt (its length too) before anything reaches stdout
-    _out(prompt + first)
+    write(prompt + first)
     for piece in pieces:
-        _out(piece)
-    _out("\n")
+        write(piece)
+    write("\n")
 
 
 @app.command()
@@ -260,7 +224,7 @@ def serve(
     ] = None,
     max_waiting: Annotated[int, typer.Option(min=1, help="Queued sequences before answering 429.")] = 256,
     precision: Annotated[
-        str, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
+        Precision, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
     ] = "auto",
     compile: Annotated[
         bool,
@@ -271,9 +235,22 @@ def serve(
     ] = False,
 ):
     """Serve the model over an OpenAI-compatible API, with a chat page at /."""
-    from mai.serve.server import serve as run_server
+    from mai.serve.launch import ServeSettings
+    from mai.serve.launch import serve as run_server
 
-    run_server(path, host, port, api_key_env, max_batch, max_context, max_waiting, precision, compile)
+    run_server(
+        ServeSettings(
+            path=path,
+            host=host,
+            port=port,
+            api_key_env=api_key_env,
+            max_batch=max_batch,
+            max_context=max_context,
+            max_waiting=max_waiting,
+            precision=precision,
+            compile=compile,
+        )
+    )
 
 
 @app.command()
@@ -284,7 +261,7 @@ def gateway(
 ):
     """Route OpenAI-compatible requests to in-house servers and vendors: weighted splits, fallbacks, quotas.
 
-    The config format is documented in src/mai/serve/gateway.py and the README.
+    The config format is documented in docs/gateway.md.
     """
     from mai.serve.gateway import run_gateway
 
@@ -299,22 +276,20 @@ def report(run_dir: RunArg):
 
     run = RunDir(run_dir).require()
     write_report(run)
-    _out(f"{run.report_path}\n")
+    write(f"{run.report_path}\n")
 
 
 @export_app.command("hf")
 def export_hf_cmd(
     run_dir: RunArg,
     out: Annotated[Path, typer.Argument(parser=path_value, help="Output directory for the transformers checkpoint.")],
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16.")] = "float32",
+    dtype: Annotated[Literal["float32", "bfloat16"], typer.Option(help="Weights' dtype.")] = "float32",
 ):
     """Write config.json, model.safetensors and tokenizer files that transformers loads."""
     from mai.export import export_hf
     from mai.run import RunDir
 
-    if dtype not in ("float32", "bfloat16"):
-        raise MaiError(f"--dtype must be float32 or bfloat16, not {dtype!r}", parameter="dtype")
-    _out(f"{export_hf(RunDir(run_dir).require(), out, dtype)}\n")
+    write(f"{export_hf(RunDir(run_dir).require(), out, dtype)}\n")
 
 
 @import_app.command("hf")
@@ -332,103 +307,15 @@ def import_hf_cmd(
     from mai.run import RunDir
 
     config = import_hf(source, RunDir(run_dir))
-    _out(
+    write(
         f"{run_dir}: {config.model.n_layers} layers, d_model {config.model.d_model}, vocab {config.model.vocab_size}\n"
     )
 
 
-@eval_app.command("run")
-def eval_run(
-    path: Annotated[
-        Path,
-        typer.Argument(parser=path_value, help="Run directory, transformers checkpoint directory, or a .gguf file."),
-    ],
-    tasks: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--tasks",
-            "-t",
-            help="Task names, suites (core, code, all) or .jsonl files; repeat or comma-separate. Default: core.",
-        ),
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
-    precision: Annotated[
-        str,
-        typer.Option(
-            help="fp32 (default: the same scores on any machine), bf16 autocast, or auto (bf16 where the CPU "
-            "or GPU computes it natively, as mai generate); eval.json records the one used."
-        ),
-    ] = "fp32",
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            parser=path_value, help="Where to write eval.json (default: inside PATH if it is a run directory)."
-        ),
-    ] = None,
-):
-    """Bits per byte on the validation shards, each task, and the CORE-style aggregate; writes eval.json."""
-    from mai.eval.runner import evaluate, format_table
-
-    record = evaluate(path, tasks or ["core"], limit, precision, out)
-    _out(format_table(record))
-
-
-@eval_app.command("compare")
-def eval_compare(
-    paths: Annotated[
-        list[Path], typer.Argument(parser=path_value, help="Run directories (or eval.json files) to compare.")
-    ],
-    chart: Annotated[Path, typer.Option(parser=path_value, help="Bar chart to write (PNG).")] = Path(
-        "eval_compare.png"
-    ),
-):
-    """Print the runs' eval results side by side and draw them as one grouped bar chart."""
-    from mai.eval.compare import compare
-
-    _out(compare(paths, chart) + f"chart: {chart}\n")
-
-
-@eval_app.command("tasks")
-def eval_tasks():
-    """List the registered tasks: kind, metric, examples and where the data comes from."""
-    from mai.taskdata import REGISTRY, SUITES, load_task
-
-    for name, spec in REGISTRY.items():
-        _out(f"{name:<15} {spec.kind:<9} {spec.metric:<12} {len(load_task(name).examples):>6}  {spec.source}\n")
-    _out("".join(f"suite {suite}: {', '.join(names)}\n" for suite, names in SUITES.items()))
-
-
-@eval_app.command("lm-eval-tasks")
-def eval_lm_eval_tasks(
-    folder: Annotated[
-        Path, typer.Argument(parser=path_value, help="Folder for the task files (pass it to lm_eval's --include_path).")
-    ],
-    tasks: Annotated[
-        list[str] | None, typer.Option("--tasks", "-t", help="Tasks or suites, as for `mai eval`.")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Write only the first N examples of each task.")] = None,
-):
-    """Write our tasks as lm-evaluation-harness task files (JSONL + YAML), named mai_<task>."""
-    from mai.eval.lm_eval_tasks import write_lm_eval_tasks
-
-    names = write_lm_eval_tasks(folder, tasks or ["core"], limit)
-    _out(f"{folder}: {','.join(names)}\n")
-
-
-@eval_app.command(
-    "lm-eval",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
-def eval_lm_eval(ctx: typer.Context):
-    """lm-evaluation-harness's command line with our model registered as `mai` (takes lm_eval's arguments)."""
-    from mai.eval.harness import main as lm_eval_main
-
-    lm_eval_main(ctx.args)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `mai` command; argv defaults to the process's arguments."""
     try:
-        exit_code = app(standalone_mode=False)
+        exit_code = app(args=argv, prog_name="mai", standalone_mode=False)
     except MaiError as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(e.exit_code)
@@ -446,7 +333,3 @@ def usage_error_line(error: typer.TyperException) -> str:
     message = " ".join(error.format_message().split())
     ctx = getattr(error, "ctx", None)
     return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
-
-
-if __name__ == "__main__":
-    main()
