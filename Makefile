@@ -1,10 +1,11 @@
-# From a fresh clone: `make demo` trains, samples and reports a small model; `make test` runs the tests.
+# From a fresh clone: `make demo` trains, samples and reports a small model; `make test` runs the fast
+# tests, `make test-all` every test (as CI does).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test test-all bench lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ''
+
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/generate_throughput.py
@@ -28,6 +32,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs

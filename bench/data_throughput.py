@@ -34,7 +34,8 @@ from datatrove.pipeline.writers import JsonlWriter
 from common import summary, write_result
 from mai.config import load_config
 from mai.data.corpus import bible, shakespeare
-from mai.data.pipeline import MINHASH, Stages, run_stages
+from mai.data.executors import Stages
+from mai.data.pipeline import MINHASH, run_stages
 from mai.data.prepare import evaluation_texts
 
 TASKS, WORKERS = 4, 2

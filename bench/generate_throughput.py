@@ -21,8 +21,8 @@ import torch
 import transformers
 
 from common import interleaved, model_pair, peer_generate, ratios, shakespeare_tokens, write_result
-from mai.model.generate import generate
-from mai.train.loop import resolve_precision
+from mai.model.decode import generate
+from mai.precision import resolve_precision
 
 PROMPT_TOKENS = 32
 DEFAULT_PRECISION = resolve_precision("auto", torch.device("cpu"))

@@ -31,9 +31,10 @@ from transformers import LlamaForCausalLM
 
 from common import interleaved, peer_generate, ratios, write_result
 from mai.config import ModelConfig
+from mai.loading import load_tokenizer, save_tokenizer
 from mai.model.hf import hf_config, to_hf
 from mai.model.transformer import build_model
-from mai.run import RunDir, load_tokenizer, save_tokenizer
+from mai.run import RunDir
 
 PRESETS = {
     "tiny": ModelConfig(vocab_size=4096, d_model=256, n_layers=6, n_heads=4, n_kv_heads=2, max_seq_len=512),

@@ -27,8 +27,9 @@ from mai.bpb import validation_windows
 from mai.config import ModelConfig, load_config
 from mai.model.info import model_info
 from mai.model.transformer import build_model
+from mai.precision import resolve_precision
 from mai.train.batches import WindowSampler
-from mai.train.loop import deterministic, loss_fn, resolve_precision
+from mai.train.loop import deterministic, loss_fn
 from mai.train.optim import build_optimizer, build_scheduler
 
 CPU = torch.device("cpu")

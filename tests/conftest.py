@@ -1,6 +1,10 @@
-"""Shared fixtures: a tiny-preset run trained for a few steps on real Shakespeare, built once per session."""
+"""Shared fixtures: a tiny-preset run trained for a few steps on real Shakespeare, built once per session;
+and the command line run as a user runs it."""
 
+import contextlib
 import importlib.util
+import io
+import os
 import shutil
 import subprocess
 import sys
@@ -8,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from mai.cli import main
 from mai.config import load_config
 from mai.data.prepare import prepare_data
-from mai.pipeline import init_run
-from mai.run import RunDir
+from mai.run import RunDir, read_metrics
+from mai.stages import init_run
 from mai.train.loop import train
 
 MAI = str(Path(sys.executable).parent / "mai")
@@ -33,13 +38,60 @@ FAST = [
     "train.precision=fp32",
     "train.compile=false",
 ]
+# The data pipeline's stages in the order `mai data prepare` runs and reports them.
+PIPELINE_STAGES = (
+    "filter",
+    "exact_signatures",
+    "exact_find",
+    "exact_filter",
+    "minhash_signatures",
+    "minhash_buckets",
+    "minhash_cluster",
+    "clean",
+)
 
 
 def run_mai(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([MAI, *args], capture_output=True, text=True, timeout=600, env=env)
+    """`mai ARGS` run in this process: its exit code and what it wrote to stdout and stderr.
+
+    The same code as the `mai` command (its main()), without a new interpreter's 2-4 s of imports;
+    run_mai_process starts one where the process is the point (a kill, output the shell sees).
+    """
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with environment(env), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code or 0
+    result = subprocess.CompletedProcess(["mai", *args], code, stdout.getvalue(), stderr.getvalue())
+    return checked(result, check)
+
+
+def run_mai_process(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`mai ARGS` in a new process, as a shell starts it."""
+    return checked(subprocess.run([MAI, *args], capture_output=True, text=True, timeout=600, env=env), check)
+
+
+def checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
-        raise AssertionError(f"mai {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        raise AssertionError(f"{' '.join(result.args)} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+@contextlib.contextmanager
+def environment(env: dict | None):
+    """os.environ replaced by `env` (when given) for the block, as a process started with it would see."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +124,8 @@ def smollm2_dir() -> Path:
 def copy_run(run: RunDir, dest: Path) -> RunDir:
     shutil.copytree(run.path, dest)
     return RunDir(dest)
+
+
+def metric_records(run: RunDir) -> list[dict]:
+    """metrics.jsonl's records as mai reads them, each as the JSON object it was written as."""
+    return [record.model_dump(exclude_none=True) for record in read_metrics(run)]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MAI, copy_run, run_mai
 from mai.data.prepare import read_documents
-from mai.run import save_tokenizer
+from mai.loading import save_tokenizer
 from mai.tokenizer import train_tokenizer
 
 
@@ -132,12 +132,16 @@ def test_generate_writes_prompt_and_completion_only(trained_run):
         for _ in range(2)
     ]
     assert seeded[0] == seeded[1]
+    bad = run_mai("generate", str(trained_run.path), "--prompt", "x", "--precision", "fp16", check=False)
+    assert_user_error(bad, "--precision", "'fp16' is not one of 'auto', 'fp32', 'bf16'")
+
+
+@pytest.mark.slow  # compiles the decode step
+def test_generate_compile_writes_what_eager_decoding_writes(trained_run):
     greedy_fp32 = ["generate", str(trained_run.path), "--prompt", "ROMEO:", "--temperature", "0", "--precision", "fp32"]
     compiled = run_mai(*greedy_fp32, "--compile")
     assert compiled.stdout == run_mai(*greedy_fp32).stdout
     assert "compiling the decode step (--compile)" in compiled.stderr
-    bad = run_mai("generate", str(trained_run.path), "--prompt", "x", "--precision", "fp16", check=False)
-    assert_user_error(bad, "precision must be one of auto, fp32, bf16")
 
 
 def test_corrupt_shard_is_named_and_nothing_is_overwritten(trained_run, tmp_path):
@@ -205,7 +209,7 @@ def test_deleting_a_corrupt_checkpoint_as_advised_falls_back_to_the_one_before(t
 
 FROZEN_INTERFACE = {
     "config presets": [],
-    "config show": ["--set", "preset"],
+    "config show": ["--explain", "--set", "preset"],
     "data prepare": ["run_dir"],
     "data stats": ["run_dir"],
     "eval compare": ["--chart", "paths"],

@@ -1,5 +1,6 @@
 import pytest
 
+from conftest import run_mai
 from mai.config import apply_overrides, config_to_toml, load_config, preset_names, validate_config
 from mai.errors import MaiError
 
@@ -88,3 +89,15 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "small").mkdir()  # a folder named like a preset does not hide the preset
     assert load_config("small").preset == "small"
+
+
+def test_explain_documents_every_key_with_its_value_type_bounds_and_default():
+    out = run_mai("config", "show", "tiny", "--explain", "--set", "train.steps=70").stdout
+    assert "  steps = 70    (int, > 0, default 200)\n      Optimizer steps.\n" in out
+    assert "  n_layers = 6    (int, > 0, ≤ 4096)\n      Number of transformer blocks.\n" in out
+    assert '  precision = "auto"    (one of auto, fp32, bf16)\n' in out
+    config = load_config("tiny")
+    for section in ("model", "data", "tokenizer", "train", "sample"):
+        assert f"\n[{section}]  " in out
+        keys = type(getattr(config, section)).model_fields
+        assert all(f"\n  {key} = " in out for key in keys), section

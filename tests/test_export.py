@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import copy_run, run_mai, smollm2_dir
-from mai.run import RunDir, default_mode, load_model
+from mai.loading import load_run_model
+from mai.run import RunDir, default_mode
 
 transformers = pytest.importorskip("transformers")
 
@@ -20,7 +21,7 @@ def exported(trained_run, tmp_path_factory):
 
 
 def test_transformers_logits_and_greedy_generation_match(trained_run, exported):
-    ours, _, tokenizer = load_model(trained_run)
+    ours, _, tokenizer = load_run_model(trained_run)
     peer = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
     text = "ROMEO: But soft, what light through yonder window breaks?"
@@ -106,10 +107,11 @@ def test_exported_files_get_the_umask_mode(exported):
     assert "model.safetensors" in modes and modes == dict.fromkeys(modes, default_mode())
 
 
+@pytest.mark.slow  # dequantizes SmolLM2 twice
 def test_smollm2_imported_from_gguf_matches_transformers(tmp_path):
     source = smollm2_dir()
     run_mai("import", "hf", str(source), str(tmp_path / "smol"))
-    ours, config, tokenizer = load_model(RunDir(tmp_path / "smol"))
+    ours, config, tokenizer = load_run_model(RunDir(tmp_path / "smol"))
     assert config.model.n_layers == 30 and config.model.kv_heads == 3 and config.model.vocab_size == 49152
     gguf = next(source.glob("*.gguf")).name
     peer = transformers.AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf, dtype=torch.float32).eval()

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from conftest import FAST, run_mai
 from mai.run import RunDir
 
 
+@pytest.mark.slow  # `mai run` end to end, four times
 def test_run_writes_the_contract_and_a_rerun_skips_finished_stages(tmp_path):
     path = tmp_path / "demo"
     args = ["run", "tiny", "--run-dir", str(path)] + [a for o in FAST for a in ("--set", o)]

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from mai.data.corpus import shakespeare
 from mai.errors import MaiError
-from mai.run import save_tokenizer
+from mai.loading import save_tokenizer
 from mai.tokenizer import BOS, CHAT_TEMPLATE, IM_END, IM_START, Tokenizer, train_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -25,7 +25,7 @@ from datatrove.pipeline.readers import JsonlReader
 
 from conftest import run_mai
 from mai.config import load_config
-from mai.data.pipeline import Stages
+from mai.data.executors import Stages
 from mai.errors import MaiError
 from mai.run import RunDir
 
@@ -143,7 +143,7 @@ def init(run: Path, settings: list[str]) -> Path:
 
 
 def shard_hashes(run: Path) -> list[str]:
-    return [shard["sha256"] for shard in RunDir(run).read_manifest()["shards"]]
+    return [shard.sha256 for shard in RunDir(run).read_manifest().shards]
 
 
 def local_shard_hashes(tmp_path: Path) -> list[str]:
@@ -152,6 +152,7 @@ def local_shard_hashes(tmp_path: Path) -> list[str]:
     return shard_hashes(local)
 
 
+@pytest.mark.slow  # plays a Slurm cluster through datatrove's launch scripts
 def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp_path):
     env = slurm_stand_in(tmp_path / "slurm")
     submissions = tmp_path / "slurm" / "submissions"
@@ -197,6 +198,7 @@ def test_slurm_stages_wait_for_each_other_and_reruns_finish_the_local_shards(tmp
     assert shard_hashes(run) == local_shard_hashes(tmp_path)
 
 
+@pytest.mark.slow  # plays a Slurm cluster
 def test_a_stage_waiting_for_a_failed_job_is_cancelled_and_submitted_again(tmp_path):
     env = slurm_stand_in(tmp_path / "slurm")
     run = init(tmp_path / "slurm_run", SETTINGS + SLURM)

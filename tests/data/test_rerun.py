@@ -5,15 +5,15 @@ import re
 
 import pytest
 
-from conftest import FAST, copy_run, run_mai
+from conftest import FAST, PIPELINE_STAGES, copy_run, run_mai
 from mai.config import load_config
-from mai.data.pipeline import STAGE_ORDER
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
-from mai.pipeline import init_run
-from mai.run import RunDir, load_tokenizer, sha256_file
+from mai.loading import load_tokenizer
+from mai.run import RunDir, sha256_file
+from mai.stages import init_run
 
-SKIPPED = [f"data: {stage} done before, skipped" for stage in STAGE_ORDER]
+SKIPPED = [f"data: {stage} done before, skipped" for stage in PIPELINE_STAGES]
 
 
 def file_states(path) -> dict:
@@ -36,10 +36,10 @@ def stderr_lines(capsys) -> list[str]:
 
 def test_a_deleted_and_a_corrupt_shard_are_rewritten_alone(prepared_run, tmp_path, capsys):
     run = copy_run(prepared_run, tmp_path / "run")
-    shards = run.read_manifest()["shards"]
-    originals = {s["path"]: (run.data_dir / s["path"]).read_bytes() for s in shards}
-    deleted = shards[0]["path"]  # shards/{split}_{task}_{n}.bin: two shards of two tasks
-    corrupt = next(s["path"] for s in shards if s["path"].split("_")[1] != deleted.split("_")[1])
+    shards = run.read_manifest().shards
+    originals = {s.path: (run.data_dir / s.path).read_bytes() for s in shards}
+    deleted = shards[0].path  # shards/{split}_{task}_{n}.bin: two shards of two tasks
+    corrupt = next(s.path for s in shards if s.path.split("_")[1] != deleted.split("_")[1])
     (run.data_dir / deleted).unlink()
     data = bytearray(originals[corrupt])
     data[10] ^= 0xFF
@@ -47,8 +47,8 @@ def test_a_deleted_and_a_corrupt_shard_are_rewritten_alone(prepared_run, tmp_pat
     pipeline, tokenizer = pipeline_outputs(run), file_states(run.tokenizer_path)
 
     manifest = prepare_data(run, run.read_config())
-    assert manifest["shards"] == shards
-    assert {s["path"]: (run.data_dir / s["path"]).read_bytes() for s in shards} == originals
+    assert manifest.shards == shards
+    assert {s.path: (run.data_dir / s.path).read_bytes() for s in shards} == originals
     for split in ("train", "val"):
         run.read_tokens(split)  # verifies every shard's sha256
     assert stderr_lines(capsys) == [
@@ -73,10 +73,10 @@ def test_a_new_vocab_size_retrains_the_tokenizer_and_not_the_pipeline(prepared_r
         "data: shards, 4 tasks in N s",
     ]
     assert pipeline_outputs(run) == pipeline, "an earlier stage was rerun"
-    assert load_tokenizer(run).vocab_size == manifest["vocab_size"] == 2048
-    assert manifest["tokenizer_sha256"] == sha256_file(run.tokenizer_path)
+    assert load_tokenizer(run).vocab_size == manifest.vocab_size == 2048
+    assert manifest.tokenizer_sha256 == sha256_file(run.tokenizer_path)
     assert int(run.read_tokens("train").max()) < 2048
-    assert manifest["tokens"]["train"] > prepared_run.read_manifest()["tokens"]["train"]  # fewer merges, more tokens
+    assert manifest.tokens.train > prepared_run.read_manifest().tokens.train  # fewer merges, more tokens
 
 
 def test_shard_settings_keep_the_tokenizer_and_workers_change_nothing(prepared_run, tmp_path, capsys):
@@ -92,8 +92,8 @@ def test_shard_settings_keep_the_tokenizer_and_workers_change_nothing(prepared_r
         "data: shards, 4 tasks in N s",
     ]
     assert pipeline_outputs(run) == pipeline and file_states(run.tokenizer_path) == tokenizer
-    assert len(manifest["val_documents"]) > len(prepared_run.read_manifest()["val_documents"])
-    listed = {run.data_dir / s["path"] for s in manifest["shards"]}
+    assert len(manifest.val_documents) > len(prepared_run.read_manifest().val_documents)
+    listed = {run.data_dir / s.path for s in manifest.shards}
     assert set(run.shards_dir.iterdir()) == listed  # no shard of the old split is left behind
 
 
@@ -155,7 +155,7 @@ def test_a_trained_run_reruns_as_a_no_op_and_repairs_a_shard(trained_run, tmp_pa
     assert stderr_lines(capsys) == [*SKIPPED, "data: shards done before, skipped"]
     assert file_states(run.path) == before  # not even the manifest is rewritten
 
-    shard = run.read_manifest()["shards"][0]["path"]
+    shard = run.read_manifest().shards[0].path
     original = (run.data_dir / shard).read_bytes()
     (run.data_dir / shard).unlink()
     prepare_data(run, run.read_config())

@@ -7,16 +7,18 @@ import signal
 import subprocess
 import time
 
-from conftest import FAST, MAI, run_mai
+import pytest
+
+from conftest import FAST, MAI, PIPELINE_STAGES, run_mai
 from mai.config import load_config
-from mai.data.pipeline import STAGE_ORDER, Stages
+from mai.data.executors import Stages
 from mai.data.stats import step_table
-from mai.pipeline import init_run
 from mai.run import RunDir
+from mai.stages import init_run
 
 
 def shard_digests(run: RunDir) -> list[tuple[str, int, str]]:
-    return sorted((s["split"], s["tokens"], s["sha256"]) for s in run.read_manifest()["shards"])
+    return sorted((s.split, s.tokens, s.sha256) for s in run.read_manifest().shards)
 
 
 def new_run(path, *overrides) -> RunDir:
@@ -35,15 +37,18 @@ def test_one_or_two_workers_give_the_same_shards(prepared_run, tmp_path):
     # them unasked) when stderr is not a terminal; each task's log, datatrove's INFO lines and
     # stats, only in the stage's logs/.
     lines = result.stderr.splitlines()
-    assert [line.split(",")[0] for line in lines] == [f"data: {stage}" for stage in (*STAGE_ORDER, "shards")], (
+    assert [line.split(",")[0] for line in lines] == [f"data: {stage}" for stage in (*PIPELINE_STAGES, "shards")], (
         result.stderr
     )
     task_log = run.data_dir / "work" / "logs" / "filter" / "logs" / "task_00000.log"
     assert "Processing done for rank=0" in task_log.read_text()
     rerun = run_mai("data", "prepare", str(run.path))
-    assert rerun.stderr.splitlines() == [f"data: {stage} done before, skipped" for stage in (*STAGE_ORDER, "shards")]
+    assert rerun.stderr.splitlines() == [
+        f"data: {stage} done before, skipped" for stage in (*PIPELINE_STAGES, "shards")
+    ]
 
 
+@pytest.mark.slow  # two pipelines and a kill -9
 def test_kill_9_mid_pipeline_then_rerun(prepared_run, tmp_path):
     run = new_run(tmp_path / "killed")
     process = subprocess.Popen(
@@ -77,4 +82,5 @@ def test_step_counts_cover_tasks_finished_before_a_kill(prepared_run, tmp_path):
     for stats in (tmp_path / "work" / "logs").glob("*/stats.json"):
         shutil.copy(max((stats.parent / "stats").glob("*.json")), stats)  # as if the others ran before a kill
     table = step_table(Stages(tmp_path, config))
-    assert table == step_table(Stages(prepared_run.data_dir, config)) == prepared_run.read_manifest()["steps"]
+    manifest_steps = [step.model_dump() for step in prepared_run.read_manifest().steps]
+    assert table == step_table(Stages(prepared_run.data_dir, config)) == manifest_steps

@@ -9,8 +9,8 @@ from conftest import run_mai
 from mai.config import load_config
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
-from mai.pipeline import init_run
 from mai.run import RunDir
+from mai.stages import init_run
 
 ENGLISH = [
     "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden gate.",

@@ -14,9 +14,8 @@ import re
 
 import pytest
 
-from conftest import run_mai
+from conftest import PIPELINE_STAGES, run_mai
 from mai.data.corpus import bible
-from mai.data.pipeline import STAGE_ORDER
 from mai.data.prepare import read_documents
 from mai.run import RunDir
 
@@ -177,7 +176,7 @@ def test_bad_files_are_skipped_with_a_reason(web_run):
 def test_console_gets_one_line_per_stage_even_from_dedup_workers(web_run):
     # exact dedup's filter draws a bare tqdm bar per task in each worker process when duplicates exist
     assert [line.split(",")[0] for line in web_run["stderr"].splitlines()] == [
-        f"data: {stage}" for stage in (*STAGE_ORDER, "shards")
+        f"data: {stage}" for stage in (*PIPELINE_STAGES, "shards")
     ], web_run["stderr"]
 
 
@@ -193,9 +192,7 @@ def test_dedup_rejects_carry_their_reason(web_run):
     for step, reason in (("exact_dedup", "exact_duplicate"), ("minhash_dedup", "near_duplicate")):
         records = rejected(run, step)
         assert records and {r["metadata"]["filter_reason"] for r in records} == {reason}
-        assert [row["reasons"] for row in run.read_manifest()["steps"] if reason in row["reasons"]] == [
-            {reason: len(records)}
-        ]
+        assert [row.reasons for row in run.read_manifest().steps if reason in row.reasons] == [{reason: len(records)}]
     for path in (run.data_dir / "work" / "clean").glob("*.jsonl.gz"):
         with gzip.open(path, "rt") as f:
             assert not any("filter_reason" in json.loads(line)["metadata"] for line in f)
@@ -203,8 +200,8 @@ def test_dedup_rejects_carry_their_reason(web_run):
 
 def test_report_names_each_source_and_keeps_an_emptied_one(web_run):
     run = web_run["run"]
-    readers = run.read_manifest()["steps"][:3]
-    assert [row["step"] for row in readers] == ["🐿 Jsonl: web", "📄 files: pages", "📄 files: notes"]
+    readers = run.read_manifest().steps[:3]
+    assert [row.step for row in readers] == ["🐿 Jsonl: web", "📄 files: pages", "📄 files: notes"]
     run_mai("report", str(run.path))
     report = run.report_path.read_text()
     assert "| notes | 0 | 0.00 | 1.0 | 0 | 0 |" in report

@@ -8,6 +8,7 @@ from conftest import run_mai
 from mai.errors import MaiError
 from mai.eval.compare import compare
 from mai.eval.record import read_eval
+from mai.run_files import EvalRecord
 
 
 def eval_record(score: float) -> dict:
@@ -121,11 +122,12 @@ def test_an_empty_eval_json_is_a_one_line_error(tmp_path):
 
 
 def test_a_score_just_below_chance_prints_as_zero_not_minus_zero(tmp_path):
-    from mai.eval.runner import format_table
+    from mai.eval.runner import format_results
 
     record = eval_record(0.249999)
     record["tasks"]["arc_easy"] |= {"examples": 3, "examples_per_s": 1.0}
-    assert "+0.0000" in format_table(record) and "-0.0000" not in format_table(record)
+    table = format_results(EvalRecord.model_validate(record))
+    assert "+0.0000" in table and "-0.0000" not in table
     runs = [write_run(tmp_path / "a", 0.249999), write_run(tmp_path / "b", 0.5)]
     table = compare(runs, tmp_path / "chart.png")
     assert "-0.0000" not in table and "+0.0000" in table
@@ -133,12 +135,13 @@ def test_a_score_just_below_chance_prints_as_zero_not_minus_zero(tmp_path):
 
 def test_the_eval_table_heads_its_columns_as_the_report_does():
     """eval.json's `baseline` is each task's chance score: both the table and report.md call it chance."""
-    from mai.eval.runner import format_table
+    from mai.eval.runner import format_results
     from mai.report import _eval_section
 
-    record = eval_record(0.5)
-    record["tasks"]["arc_easy"] |= {"examples": 3, "examples_per_s": 1.0}
-    table = next(line for line in format_table(record).splitlines() if " task " in line)
+    data = eval_record(0.5)
+    data["tasks"]["arc_easy"] |= {"examples": 3, "examples_per_s": 1.0}
+    record = EvalRecord.model_validate(data)
+    table = next(line for line in format_results(record).splitlines() if " task " in line)
     report = next(line for line in _eval_section(record).splitlines() if line.startswith("| task "))
     columns = [c.strip() for c in table.strip("┃ ").split("┃")]
     assert (

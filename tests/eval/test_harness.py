@@ -1,6 +1,8 @@
 """lm-evaluation-harness interop: our tasks as lm-eval task files, our model as lm-eval's `mai`."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -50,6 +52,7 @@ def test_task_files_hold_exactly_what_mai_eval_scores(tmp_path):
     assert not elsewhere.exists()  # refused before any file is written
 
 
+@pytest.mark.slow  # lm-eval over our model
 def test_lm_eval_with_the_mai_model_agrees_with_mai_eval_per_example(trained_run, tmp_path):
     """The acceptance check: per-example log-likelihoods from `lm_eval --model mai` equal ours within 1e-3."""
     folder, output = tmp_path / "tasks", tmp_path / "lm_eval"
@@ -71,7 +74,7 @@ def test_lm_eval_with_the_mai_model_agrees_with_mai_eval_per_example(trained_run
             assert sample["acc"] == mine["acc"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # lm-eval over transformers
 def test_lm_eval_with_transformers_agrees_with_mai_eval_per_example(trained_run, tmp_path):
     """lm-eval's own hf model on our export scores the same examples the same (BOS as our tokenizer adds it)."""
     import lm_eval
@@ -94,3 +97,10 @@ def test_lm_eval_with_transformers_agrees_with_mai_eval_per_example(trained_run,
         for sample in results["samples"][name]:
             theirs = [float(resp[0]) for resp in sample["filtered_resps"]]
             assert theirs == pytest.approx(ours[(name.removeprefix("mai_"), sample["doc"]["id"])]["logprobs"], abs=1e-3)
+
+
+def test_registering_mai_leaves_lm_evals_own_models_registered():
+    """lm-eval fills its model registry only when it is empty at the first lookup; `mai` must not be all it has."""
+    code = "import mai.eval.harness; from lm_eval.api.registry import get_model; print(get_model('hf').__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "HFLM", result.stderr[-2000:]

@@ -7,13 +7,15 @@ import shutil
 import pytest
 import torch
 
-from conftest import run_mai
+from conftest import metric_records, run_mai
 from mai.config import apply_overrides
 from mai.errors import MaiError
 from mai.eval.runner import evaluate
 from mai.export import export_hf
+from mai.loading import save_model_weights
 from mai.model.transformer import build_model
-from mai.run import RunDir, atomic_write_json, atomic_write_text, read_metrics, save_model_weights, sha256_file
+from mai.run import RunDir, atomic_write_json, atomic_write_text, sha256_file, write_json
+from mai.run_files import CheckpointMeta
 from mai.taskdata import CHOICE_TASKS
 
 
@@ -27,10 +29,11 @@ def untrained_run(prepared_run, tmp_path_factory) -> RunDir:
     run.write_config(config)
     checkpoint = run.checkpoint_dir(0)
     checkpoint.mkdir(parents=True)
-    meta = save_model_weights(
-        checkpoint, build_model(config.model, seed=0), config.model, sha256_file(run.tokenizer_path)
+    model_sha256 = save_model_weights(checkpoint, build_model(config.model, seed=0))
+    meta = CheckpointMeta(
+        model=config.model, model_sha256=model_sha256, tokenizer_sha256=sha256_file(run.tokenizer_path), step=0
     )
-    atomic_write_json(checkpoint / "meta.json", meta | {"step": 0})
+    write_json(checkpoint / "meta.json", meta)
     atomic_write_text(run.checkpoints_dir / "latest", checkpoint.name + "\n")
     return run
 
@@ -39,17 +42,17 @@ def test_an_untrained_model_scores_at_chance(untrained_run, tmp_path):
     """Centring on each task's random baseline makes chance 0, so the aggregate cannot flatter."""
     n = 60
     record = evaluate(untrained_run.path, CHOICE_TASKS, limit=n, out=tmp_path / "eval.json", bpb=False)
-    for name, task in record["tasks"].items():
-        b = task["baseline"]
-        assert abs(task["score"] - b) <= 4 * math.sqrt(b * (1 - b) / n), (name, task["score"], b)
-    assert abs(record["core"]) < 0.1, record["core"]
+    for name, task in record.tasks.items():
+        b = task.baseline
+        assert abs(task.score - b) <= 4 * math.sqrt(b * (1 - b) / n), (name, task.score, b)
+    assert abs(record.core) < 0.1, record.core
 
 
 def test_bits_per_byte_is_the_one_training_measured(trained_run, tmp_path):
     record = evaluate(trained_run.path, ["arc_easy"], limit=2, out=tmp_path / "eval.json")
-    last = [m for m in read_metrics(trained_run) if "val_bpb" in m][-1]
-    assert record["bpb"]["val_bpb"] == pytest.approx(last["val_bpb"], rel=1e-5)
-    assert record["bpb"]["val_loss"] == pytest.approx(last["val_loss"], rel=1e-5)
+    last = [m for m in metric_records(trained_run) if "val_bpb" in m][-1]
+    assert record.bpb.val_bpb == pytest.approx(last["val_bpb"], rel=1e-5)
+    assert record.bpb.val_loss == pytest.approx(last["val_loss"], rel=1e-5)
 
 
 def test_mai_eval_writes_eval_json_samples_and_a_table(trained_run, tmp_path):
@@ -78,7 +81,7 @@ def test_a_users_jsonl_task(trained_run, tmp_path):
         json.dumps({"context": "Shall I compare thee to a summer's", "choices": [" day", " pie"], "gold": 0})
     )
     record = evaluate(trained_run.path, [str(task)], out=tmp_path / "eval.json", bpb=False)
-    assert record["tasks"]["sonnets"]["examples"] == 1 and record["tasks"]["sonnets"]["baseline"] == 0.5
+    assert record.tasks["sonnets"].examples == 1 and record.tasks["sonnets"].baseline == 0.5
     assert json.loads((tmp_path / "eval.json").read_text())["tasks"]["sonnets"]["source"] == str(task)
 
 
@@ -115,7 +118,7 @@ def test_a_later_eval_of_the_same_weights_adds_its_tasks(trained_run, tmp_path):
 def test_code_tasks_are_executed_and_scored(trained_run, tmp_path):
     """The tiny model's HumanEval completions run in the sandbox; they fail, and the run completes."""
     record = evaluate(trained_run.path, ["humaneval"], limit=2, out=tmp_path / "eval.json", bpb=False)
-    assert record["tasks"]["humaneval"]["pass@1"] == 0.0 and record["tasks"]["humaneval"]["baseline"] == 0.0
+    assert record.tasks["humaneval"].pass_at_1 == 0.0 and record.tasks["humaneval"].baseline == 0.0
     samples = [json.loads(line) for line in (tmp_path / "eval_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all(s["status"] in ("failed", "timeout", "memory") for s in samples)
 
@@ -125,8 +128,8 @@ def test_a_transformers_export_scores_like_its_run(trained_run, tmp_path):
     ours = evaluate(trained_run.path, ["arc_easy,piqa"], limit=3, out=tmp_path / "run.json")
     exported = evaluate(tmp_path / "hf", ["arc_easy,piqa"], limit=3, out=tmp_path / "hf.json")
     for name in ("arc_easy", "piqa"):
-        assert exported["tasks"][name]["score"] == ours["tasks"][name]["score"]
-    assert exported["checkpoint"] == "imported" and exported["bpb"] is None  # no validation shards there
+        assert exported.tasks[name].score == ours.tasks[name].score
+    assert exported.checkpoint == "imported" and exported.bpb is None  # no validation shards there
 
 
 def test_eval_of_a_model_directory_writes_only_where_asked(trained_run, tmp_path):
@@ -144,13 +147,13 @@ def test_precision_auto_scores_and_is_recorded_in_the_precision_it_resolves_to(
 ):
     """auto is bf16 where the hardware computes it natively, as for `mai generate`; eval.json names
     the resolved precision, so records from different machines compare like with like."""
-    monkeypatch.setattr("mai.train.loop.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr("mai.precision.cpu_has_native_bf16", lambda: native_bf16)
     resolved = "bf16" if native_bf16 or torch.cuda.is_available() else "fp32"
     logprobs = {}
     for precision in ("auto", resolved):
         out = tmp_path / precision / "eval.json"
         record = evaluate(trained_run.path, ["arc_easy"], limit=2, precision=precision, out=out, bpb=False)
-        assert record["settings"]["precision"] == json.loads(out.read_text())["settings"]["precision"] == resolved
+        assert record.settings.precision == json.loads(out.read_text())["settings"]["precision"] == resolved
         samples = out.with_name("eval_samples.jsonl").read_text().splitlines()
         logprobs[precision] = [json.loads(line)["logprobs"] for line in samples]
     assert logprobs["auto"] == logprobs[resolved]
@@ -161,7 +164,7 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'hellaswagg'")
     for kwargs, phrase in [
         ({"limit": 0}, "--limit must be at least 1"),
-        ({"precision": "fp8"}, "--precision must be one of fp32, bf16, auto, not 'fp8'"),
+        ({"precision": "fp8"}, "--precision must be one of auto, fp32, bf16, not 'fp8'"),
         ({"tasks": [""]}, "no tasks to evaluate"),
     ]:
         with pytest.raises(MaiError, match=phrase):

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from mai.eval.scoring import Scorer
-from mai.run import load_model
-from mai.sample import stream_completion
+from mai.generate import completion_pieces
+from mai.loading import load_run_model
 from mai.taskdata import load_task
 
 
 @pytest.fixture(scope="module")
 def scorer(trained_run) -> Scorer:
-    model, _, tokenizer = load_model(trained_run)
+    model, _, tokenizer = load_run_model(trained_run)
     return Scorer(model, tokenizer)
 
 
@@ -51,7 +51,7 @@ def test_is_greedy_matches_greedy_decoding(scorer):
 
 
 def test_generate_is_the_greedy_sample_cut_at_the_stop_string(scorer):
-    full = "".join(stream_completion(scorer.model, scorer.tokenizer, "The king", 40, 0.0, 0, 1.0, None))
+    full = "".join(completion_pieces(scorer.model, scorer.tokenizer, "The king", 40, 0.0, 0, 1.0, None))
     assert scorer.generate("The king", (), 40) == full
     stop = full.strip()[:1] or "e"
     cut = scorer.generate("The king", (stop,), 40)

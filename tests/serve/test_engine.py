@@ -6,14 +6,14 @@ import threading
 import pytest
 import torch
 
-from mai.model.generate import generate, sample_next
-from mai.run import load_model
+from mai.loading import load_run_model
+from mai.model.decode import generate, sample_next
 from mai.serve.engine import Engine, QueueFull, SamplingParams, Sequence
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    model, _, tokenizer = load_model(trained_run)
+    model, _, tokenizer = load_run_model(trained_run)
     return model, tokenizer
 
 
@@ -163,6 +163,7 @@ def test_a_failed_step_reports_one_error_to_each_unfinished_sequence_and_serving
     assert engine.stats().running == 0
 
 
+@pytest.mark.slow  # compiles every batch bucket
 def test_compiled_decoding_gives_eager_greedy_output(loaded):
     model, tokenizer = loaded
     lines = []  # compiling every bucket takes 5-20 s each: a line as each is done

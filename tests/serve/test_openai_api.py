@@ -9,10 +9,10 @@ import httpx
 import openai
 import pytest
 
-import mai.serve.server as mai_server
 from conftest import run_mai
 from mai.errors import MaiError
-from mai.run import load_tokenizer
+from mai.loading import load_tokenizer
+from mai.serve import launch
 
 
 def test_models_list(client, server):
@@ -251,13 +251,15 @@ def test_port_in_use_is_a_one_line_error_before_the_model_loads(trained_run, mon
     def load_pretrained(*args):
         raise AssertionError("the model loaded before the port was checked")
 
-    monkeypatch.setattr(mai_server, "load_pretrained", load_pretrained)
+    monkeypatch.setattr(launch, "load_pretrained", load_pretrained)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(MaiError, match=f"port {port} .*in use"):
-            mai_server.serve(trained_run.path, "127.0.0.1", port, None, 1, None, 1, "fp32")
+            launch.serve(
+                launch.ServeSettings(path=trained_run.path, port=port, max_batch=1, max_waiting=1, precision="fp32")
+            )
         result = run_mai("serve", str(trained_run.path), "--port", str(port), check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "--port" in lines[0], result.stderr

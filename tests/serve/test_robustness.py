@@ -23,6 +23,7 @@ def fuzz_server(trained_run):
     server.stop()
 
 
+@pytest.mark.slow  # fuzzes the API with schemathesis
 def test_schemathesis_finds_no_server_error(fuzz_server, tmp_path):
     server = fuzz_server
     result = subprocess.run(
@@ -93,6 +94,7 @@ async def soak(server: Server, requests: int, concurrency: int) -> list[str]:
         return await asyncio.gather(*(gated() for _ in range(requests)))
 
 
+@pytest.mark.slow  # a soak of 1,600 requests
 def test_soak_every_request_answered_and_memory_returns(soak_server):
     asyncio.run(soak(soak_server, 48, 16))  # warm-up: allocator pools, lazily built kernels
     start = rss_bytes(soak_server.process.pid)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MAI, copy_run, run_mai
+from conftest import MAI, copy_run, metric_records, run_mai
 from mai.config import apply_overrides
-from mai.run import default_mode, read_metrics
+from mai.run import default_mode
 from mai.train.loop import train
 
 
 def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
-    records = read_metrics(trained_run)
+    records = metric_records(trained_run)
     evals = [r for r in records if "val_bpb" in r]
     assert [r["step"] for r in evals] == [0, 10, 20, 30]
     assert evals[-1]["val_bpb"] < 0.9 * evals[0]["val_bpb"]
@@ -32,6 +32,7 @@ def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
     ]
 
 
+@pytest.mark.slow  # compiles, trains three times, kills
 def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
     """Compiled, as the presets train."""
     settings = ["train.steps=40", "train.checkpoint_every=20", "train.eval_every=20", "train.compile=true"]
@@ -54,10 +55,10 @@ def test_sigkill_then_resume_is_bit_identical(prepared_run, tmp_path):
 
     def after_checkpoint(run):
         timing = ("tokens_per_s", "flops_per_s")
-        return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run) if r["step"] > 20]
+        return [{k: v for k, v in r.items() if k not in timing} for r in metric_records(run) if r["step"] > 20]
 
     assert after_checkpoint(killed) == after_checkpoint(reference)
-    assert [r["step"] for r in read_metrics(killed)] == [r["step"] for r in read_metrics(reference)]
+    assert [r["step"] for r in metric_records(killed)] == [r["step"] for r in metric_records(reference)]
     ours = load_file(killed.checkpoint_dir(40) / "model.safetensors")
     theirs = load_file(reference.checkpoint_dir(40) / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in theirs)
@@ -76,7 +77,7 @@ def test_resume_at_final_step_is_a_no_op(trained_run, tmp_path):
     assert run.metrics_path.read_text() == before
     said = " ".join(result.stderr.split())  # rich wraps lines at 80 columns when stderr is not a terminal
     assert "already trained to step 30 of 30" in said and "--set train.steps=N" in said
-    assert json.loads(result.stdout) == read_metrics(run)[-1]  # the final record, as a finished training prints
+    assert json.loads(result.stdout) == metric_records(run)[-1]  # the final record, as a finished training prints
 
 
 def test_resume_uses_the_new_optimizer_settings(trained_run, tmp_path):
@@ -86,7 +87,7 @@ def test_resume_uses_the_new_optimizer_settings(trained_run, tmp_path):
         run = copy_run(trained_run, tmp_path / f"lr{lr}")
         overrides = ["train.steps=35"] + ([f"train.lr={lr}", "train.beta2=0.9"] if lr else [])
         train(run, resume=True, config=apply_overrides(run.read_config(), overrides))
-        logged[lr] = [r["lr"] for r in read_metrics(run) if r["step"] > 30 and "lr" in r]
+        logged[lr] = [r["lr"] for r in metric_records(run) if r["step"] > 30 and "lr" in r]
         assert run.read_config().train.lr == (float(lr) if lr else trained_run.read_config().train.lr)
     ratio = 1e-4 / trained_run.read_config().train.lr
     assert logged["1e-4"] == pytest.approx([lr * ratio for lr in logged[None]], rel=1e-9)
@@ -127,15 +128,16 @@ def test_bf16_autocast_trains(prepared_run, tmp_path, precision):
     run = copy_run(prepared_run, tmp_path / "run")
     run_mai("train", str(run.path), "--set", f"train.precision={precision}", "--set", "train.steps=10")
     record = json.loads(run.metrics_path.read_text().splitlines()[-1])
-    assert record["step"] == 10 and record["val_bpb"] < read_metrics(run)[0]["val_bpb"]
+    assert record["step"] == 10 and record["val_bpb"] < metric_records(run)[0]["val_bpb"]
 
 
+@pytest.mark.slow  # compiles
 def test_compiled_training_matches_eager(prepared_run, tmp_path):
     losses = {}
     for compile_ in ("false", "true"):
         run = copy_run(prepared_run, tmp_path / compile_)
         run_mai("train", str(run.path), "--set", f"train.compile={compile_}", "--set", "train.steps=8")
-        losses[compile_] = [r["loss"] for r in read_metrics(run) if "loss" in r]
+        losses[compile_] = [r["loss"] for r in metric_records(run) if "loss" in r]
     assert losses["true"] == pytest.approx(losses["false"], rel=1e-3)
 
 
@@ -152,10 +154,10 @@ def test_training_restores_the_process_deterministic_mode(prepared_run, tmp_path
 
 def test_metrics_lines_that_are_not_records_are_skipped(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
-    records = read_metrics(run)
+    records = metric_records(run)
     with open(run.metrics_path, "ab") as f:
         f.write(b'5\n{}\n[1]\n{"step": "x"}\n\xff\xfe\n{"step": 3')  # the last one torn by a kill
-    assert read_metrics(run) == records
+    assert metric_records(run) == records
 
 
 def test_a_finished_run_without_metrics_or_with_an_emptied_config(trained_run, tmp_path):
