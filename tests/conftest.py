@@ -20,7 +20,10 @@ from mai.stages import init_run
 from mai.train.loop import train
 
 MAI = str(Path(sys.executable).parent / "mai")
-pytest_plugins = ["serve.live_server"]  # fixtures `server` and `client`: a real `mai serve` on loopback
+pytest_plugins = [
+    "serve.live_server",  # fixtures `server` and `client`: a real `mai serve` on loopback
+    "serve.gateway_backends",  # fixture `stand_ins`: fast OpenAI-compatible backends for `mai gateway`
+]
 
 # The demo's model shapes (tiny preset) on less data and fewer, smaller steps.
 FAST = [

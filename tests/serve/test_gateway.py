@@ -2,147 +2,14 @@
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 
-from conftest import run_mai
-from mai.errors import MaiError
-from mai.serve.gateway import Quotas
-from mai.serve.gateway_config import ClientKey, load_gateway_config
-from serve.live_server import MAI, Server, free_port
-
-
-class StandIn:
-    """A lightweight OpenAI-compatible backend on a thread: answers its name at once, counts requests.
-
-    `delay_s` blocks its loop before it answers (a stuck vendor); a `status` other than 200 is an error
-    answer; a stream is `events` chunks `gap_s` apart. `stall_s` holds the answer after its headers:
-    a JSON body before the body, a stream before its chunk number `stall_at`; chunk `garbled_at` is not JSON.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        delay_s: float = 0.0,
-        status: int = 200,
-        events: int = 1,
-        gap_s: float = 0.0,
-        stall_s: float = 0.0,
-        stall_at: int = 0,
-        garbled_at: int | None = None,
-    ):
-        self.name, self.hits, self.port = name, 0, free_port()
-        app = FastAPI()
-
-        @app.post("/v1/completions")
-        async def completions(request: Request):
-            body = await request.json()
-            self.hits += 1
-            time.sleep(delay_s)  # blocks this backend's loop on purpose: a stuck vendor
-            if status != 200:
-                error = {"message": f"{name} answers {status}", "type": "x", "param": None, "code": None}
-                return JSONResponse({"error": error}, status_code=status)
-            head = {"id": "x", "object": "text_completion", "created": 0, "model": body["model"]}
-            if body.get("stream"):
-                with_usage = (body.get("stream_options") or {}).get("include_usage")
-                return StreamingResponse(stream(head, with_usage), media_type="text/event-stream")
-            choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": "stop"}
-            usage = {"prompt_tokens": 5, "completion_tokens": 15, "total_tokens": 20}
-            answer = head | {"choices": [choice], "usage": usage}
-            if stall_s:
-                return StreamingResponse(stalled(json.dumps(answer)), media_type="application/json")
-            return answer
-
-        async def stalled(answer: str):
-            await asyncio.sleep(stall_s)
-            yield answer
-
-        async def stream(head: dict, with_usage: bool):
-            choice = {"index": 0, "text": name, "logprobs": None, "finish_reason": None}
-            for i in range(events):
-                await asyncio.sleep(stall_s if i == stall_at else gap_s if i else 0)
-                yield (
-                    "data: {garbled\n\n" if i == garbled_at else f"data: {json.dumps(head | {'choices': [choice]})}\n\n"
-                )
-            if with_usage:
-                usage = {"prompt_tokens": 5, "completion_tokens": events, "total_tokens": 5 + events}
-                yield f"data: {json.dumps(head | {'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        threading.Thread(target=self.server.run, daemon=True).start()
-        while not self.server.started:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-
-@pytest.fixture(scope="module")
-def stand_ins():
-    backends = {name: StandIn(name) for name in ("a", "b", "c")}
-    backends["slow"] = StandIn("slow", delay_s=3.0)
-    backends["stalled"] = StandIn("stalled", stall_s=2.0)
-    backends["cut"] = StandIn("cut", events=3, stall_s=2.0, stall_at=1)
-    backends["garbled"] = StandIn("garbled", events=3, garbled_at=1)
-    backends["refusing"] = StandIn("refusing", status=401)
-    backends["missing"] = StandIn("missing", status=404)
-    backends["streaming"] = StandIn("streaming", events=4, gap_s=0.5)
-    yield backends
-    for backend in backends.values():
-        backend.server.should_exit = True
-
-
-def start_gateway(tmp_path, config: str) -> tuple[subprocess.Popen, str]:
-    """`mai gateway` over `config` in tmp_path, its usage log in usage.jsonl and its stderr in gateway.log."""
-    port = free_port()
-    path, log = tmp_path / "gateway.toml", tmp_path / "gateway.log"
-    path.write_text(f'port = {port}\nusage_log = "{tmp_path / "usage.jsonl"}"\n' + config)
-    env = {**os.environ, "KEY_A": "key-a", "KEY_B": "key-b"}
-    with open(log, "w") as stderr:
-        process = subprocess.Popen([MAI, "gateway", str(path)], env=env, stderr=stderr)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        if process.poll() is not None:
-            raise AssertionError(f"mai gateway exited: {log.read_text()}")
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError("mai gateway did not start")
-
-
-@contextmanager
-def gateway_over(tmp_path, config: str):
-    """The url of `start_gateway`'s gateway, stopped on leaving."""
-    process, url = start_gateway(tmp_path, config)
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def usage_records(tmp_path, count: int) -> list[dict]:
-    """The usage log once it has `count` records: a stream's is written just after the client's [DONE]."""
-    path, records = tmp_path / "usage.jsonl", []
-    for _ in range(50):
-        records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        if len(records) >= count:
-            return records
-        time.sleep(0.1)
-    raise AssertionError(f"the usage log has {len(records)} records, not {count}")
+from serve.gateway_backends import StandIn, gateway_over, usage_records
+from serve.live_server import Server, free_port
 
 
 @pytest.fixture(scope="module")
@@ -440,63 +307,6 @@ def test_gateway_says_where_it_listens(gateway):
     assert f"mai gateway: {url} (models ab, stuck)" in (usage_log.parent / "gateway.log").read_text()
 
 
-def test_unset_backend_key_fails_at_start(tmp_path, monkeypatch):
-    monkeypatch.delenv("MAI_TEST_VENDOR_KEY", raising=False)
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        '[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1", model = "m"}]\n'
-        'fallbacks = [{url = "https://vendor.example/v1", model = "v", api_key_env = "MAI_TEST_VENDOR_KEY"}]\n'
-    )
-    with pytest.raises(MaiError) as e:
-        load_gateway_config(path)
-    message = str(e.value)
-    assert "https://vendor.example/v1#v" in message and "MAI_TEST_VENDOR_KEY" in message and "\n" not in message
-
-
-@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000/v1", "ftp://127.0.0.1/v1"])
-def test_backend_url_that_is_not_http_fails_at_start(tmp_path, url):
-    path = tmp_path / "gateway.toml"
-    path.write_text(f'[models.chat]\nbackends = [{{url = "{url}", model = "m"}}]\n')
-    with pytest.raises(MaiError) as e:
-        load_gateway_config(path)
-    message = str(e.value)
-    assert f"url '{url}' is not an http:// or https:// URL" in message and "\n" not in message
-    assert 'url = "http://127.0.0.1:8000/v1"' in message
-
-
-def test_backend_url_loses_its_trailing_slash(tmp_path):
-    """The gateway appends /completions; ".../v1/" would ask the backend for /v1//completions."""
-    path = tmp_path / "gateway.toml"
-    path.write_text('[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1/", model = "m"}]\n')
-    assert load_gateway_config(path).models["chat"].backends[0].url == "http://127.0.0.1:1/v1"
-
-
-def test_two_keys_with_one_secret_fail_at_start(monkeypatch):
-    """They would merge into one, its quota and usage lines under one name."""
-    monkeypatch.setenv("MAI_TEST_KEY_1", "same")
-    monkeypatch.setenv("MAI_TEST_KEY_2", "same")
-    keys = {"team-a": ClientKey(key_env="MAI_TEST_KEY_1"), "team-b": ClientKey(key_env="MAI_TEST_KEY_2")}
-    with pytest.raises(MaiError) as e:
-        Quotas(keys)
-    message = str(e.value)
-    assert message.startswith("keys team-a and team-b hold the same secret (MAI_TEST_KEY_1 and MAI_TEST_KEY_2)")
-    assert "\n" not in message
-
-
-@pytest.mark.parametrize("where", ["folder", "missing/usage.jsonl"])
-def test_usage_log_that_cannot_be_appended_to_fails_at_start(tmp_path, where):
-    usage_log = tmp_path / where
-    (tmp_path / "folder").mkdir()
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f'usage_log = "{usage_log}"\n[models.chat]\nbackends = [{{url = "http://127.0.0.1:1/v1", model = "m"}}]\n'
-    )
-    with pytest.raises(MaiError) as e:
-        load_gateway_config(path)
-    message = str(e.value)
-    assert message.startswith(f"usage_log {usage_log} ") and "\n" not in message
-
-
 def test_usage_log_failing_later_still_answers(stand_ins, tmp_path):
     config = f'[models.a]\nbackends = [{{url = "{stand_ins["a"].url}", model = "m-a"}}]\n'
     with gateway_over(tmp_path, config) as url:
@@ -504,32 +314,6 @@ def test_usage_log_failing_later_still_answers(stand_ins, tmp_path):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert client.completions.create(model="a", prompt="x", max_tokens=1).choices[0].text == "a"
     assert f"cannot append to usage_log {tmp_path / 'usage.jsonl'}" in (tmp_path / "gateway.log").read_text()
-
-
-def test_port_out_of_range_is_a_one_line_error(tmp_path):
-    path = tmp_path / "gateway.toml"
-    path.write_text('port = 70000\n[models.chat]\nbackends = [{url = "http://127.0.0.1:1/v1", model = "m"}]\n')
-    result = run_mai("gateway", str(path), check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: port 70000 is out of range: ports are 0-65535"), result.stderr
-
-
-def test_port_in_use_is_a_one_line_error(tmp_path):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        path = tmp_path / "gateway.toml"
-        path.write_text(f'port = {port}\n[models.chat]\nbackends = [{{url = "http://127.0.0.1:1/v1", model = "m"}}]\n')
-        result = run_mai("gateway", str(path), check=False)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: port {port} "), result.stderr
-
-
-def test_gateway_imports_neither_torch_nor_the_server():
-    code = "import sys, mai.serve.gateway; print(sorted({'torch', 'mai.serve.api'} & set(sys.modules)))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 
 def test_killed_primary_falls_back_to_another_server(server, trained_run, stand_ins, tmp_path):

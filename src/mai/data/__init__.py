@@ -1,1 +1,3 @@
-"""Data stage: real offline corpora (corpus.py), document split and token shards (prepare.py, shards.py)."""
+"""Data stage: prepare.py (the stage, what a rerun redoes), pipeline.py (the datatrove steps), executors.py
+(local, Slurm, Ray), readers.py and filters.py (our steps), shards.py (split, mixture, token shards),
+stats.py (the step table), corpus.py (offline corpora), datatrove_compat.py (datatrove internals)."""
