@@ -21,8 +21,8 @@ import torch
 import transformers
 
 from common import interleaved, model_pair, peer_generate, ratios, shakespeare_tokens, write_result
-from mai.model.decode import generate
-from mai.precision import resolve_precision
+from mai.model.decode import fuse_for_decoding, generate
+from mai.precision import cast_for_decoding, resolve_precision
 
 PROMPT_TOKENS = 32
 DEFAULT_PRECISION = resolve_precision("auto", torch.device("cpu"))
@@ -75,9 +75,11 @@ def run_batch(arms: dict, prompt, rounds: int, new_tokens: int, calls: int, labe
 def run_preset(preset: str, batches: list[int], rounds: int, new_tokens: int, calls: int, tokens) -> dict:
     _, ours, peer, _ = model_pair(preset)
     ours.eval(), peer.eval()
-    default = copy.deepcopy(ours).to(torch.bfloat16) if DEFAULT_PRECISION == "bf16" else ours
+    # as `mai generate --precision fp32` and `mai generate` load them: cast, then projections fused
+    fp32 = fuse_for_decoding(copy.deepcopy(ours))
+    default = fuse_for_decoding(cast_for_decoding(copy.deepcopy(ours), "auto"))
     arms = {
-        "ours_fp32": (ours_generate, ours),
+        "ours_fp32": (ours_generate, fp32),
         "ours_default": (ours_generate, default),
         "ours_compiled": (ours_compiled_generate, default),
         "transformers": (peer_generate, peer),

@@ -7,16 +7,17 @@ import torch
 from mai.console import say
 from mai.errors import MaiError
 from mai.loading import load_run_model
-from mai.model.decode import generate
+from mai.model.decode import fuse_for_decoding, generate
 from mai.precision import Precision, cast_for_decoding
 from mai.run import RunDir, write_json
 from mai.run_files import Sample, Samples
 
 
 def load_for_generation(run: RunDir, precision: Precision = "auto"):
-    """(model, config, tokenizer) with the weights in the decoding precision (see cast_for_decoding)."""
+    """(model, config, tokenizer) ready to decode: weights in the decoding precision (cast_for_decoding),
+    projections fused (fuse_for_decoding)."""
     model, config, tokenizer = load_run_model(run)
-    return cast_for_decoding(model, precision), config, tokenizer
+    return fuse_for_decoding(cast_for_decoding(model, precision)), config, tokenizer
 
 
 def completion_pieces(

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from mai.config import load_config
-from mai.model.decode import generate, sample_next
+from mai.model.decode import fuse_for_decoding, generate, sample_next
 from mai.model.transformer import KVCache, build_model
 
 
@@ -130,3 +130,18 @@ def test_ragged_batch_matches_each_row_decoded_alone():
                 torch.testing.assert_close(prefill[row], alone[0], atol=1e-5, rtol=1e-5)
                 torch.testing.assert_close(torch.cat([s[row] for s in steps]), alone[1:], atol=1e-5, rtol=1e-5)
                 torch.testing.assert_close(chunk[row], alone[1:3], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_projections_decode_as_the_separate_ones():
+    config = tiny("model.n_kv_heads=2")
+    separate, fused = build_model(config, seed=4).eval(), fuse_for_decoding(build_model(config, seed=4).eval())
+    assert {"layers.0.attention.wqkv.weight", "layers.0.feed_forward.w13.weight"} <= fused.state_dict().keys()
+    assert not {"layers.0.attention.wq.weight", "layers.0.feed_forward.w1.weight"} & fused.state_dict().keys()
+    tokens = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(fused(tokens), separate(tokens), atol=1e-5, rtol=1e-5)
+    prompt = tokens[:, :4]
+    assert torch.equal(
+        torch.stack(list(generate(fused, prompt, 8, temperature=0)), dim=1),
+        torch.stack(list(generate(separate, prompt, 8, temperature=0)), dim=1),
+    )

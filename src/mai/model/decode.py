@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mai.model.transformer import KVCache, Transformer
+from mai.model.transformer import FusedLinear, KVCache, Transformer
 
 CACHE_BUCKET = 64  # compiled decoding sizes its cache in multiples of this, so a few graphs serve all lengths
 
@@ -83,6 +83,23 @@ def generate(
             positions += 1
 
 
+def fuse_for_decoding(model: Transformer) -> Transformer:
+    """The model, for inference only, with q/k/v and gate/up each computed as one matmul.
+
+    A decoding step multiplies one row per sequence by each weight matrix, and each call costs the
+    same few tens of microseconds on a CPU whatever its size: with separate projections, eager bf16
+    decoding of the tiny preset took 5.5 ms a token, fused 4.4 (2-core EPYC, 2026-12-02). The
+    checkpoint layout stays separate; a fused model's state_dict has wqkv and w13 instead.
+    """
+    for layer in model.layers:
+        attention, feed_forward = layer.attention, layer.feed_forward
+        attention.wqkv = FusedLinear([attention.wq, attention.wk, attention.wv])
+        del attention.wq, attention.wk, attention.wv
+        feed_forward.w13 = FusedLinear([feed_forward.w1, feed_forward.w3])
+        del feed_forward.w1, feed_forward.w3
+    return model
+
+
 def decode_step(model: Transformer, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
     """Logits (B, V) for one new token per row, tokens (B, 1) at positions (B, 1)."""
     return model(tokens, positions, cache)[:, -1]
@@ -95,13 +112,12 @@ def compiled_decode_step(
 
     The cache must have a fixed span, so that one graph serves every step. Freezing is read while
     dynamo traces, which torch.compile's options= does not reach, hence the config patch around
-    each call (compilation happens inside a call); with frozen weights inductor also concatenates
-    the q/k/v and gate/up projections, which read the same input, into one matmul each. A frozen
-    graph keeps the weights it was compiled with: a model whose weights change needs a new process.
+    each call (compilation happens inside a call). A frozen graph keeps the weights it was
+    compiled with: a model whose weights change needs a new process.
     """
     from torch._inductor import config as inductor_config
 
-    with inductor_config.patch({"freezing": True, "cpp.enable_concat_linear": True}):
+    with inductor_config.patch(freezing=True):
         return _compiled_decode_step()(model, tokens, cache, positions)
 
 

@@ -81,6 +81,14 @@ class KVCache:
         dtype = torch.float32 if param.device.type == "cpu" else param.dtype
         return cls(model.config, batch_size, max_len, param.device, dtype, fixed_span)
 
+    def mask(self, positions: torch.Tensor, span: int) -> torch.Tensor:
+        """What new tokens at positions (B, T) may see of the first `span` positions, (B, 1, T, S): 0 for
+        their own and earlier positions, -inf beyond, in the cache's dtype (which attention computes in)."""
+        beyond = torch.arange(span, device=positions.device) > positions[:, :, None]
+        return torch.zeros(beyond.shape, dtype=self.k[0].dtype, device=positions.device).masked_fill(
+            beyond, float("-inf")
+        )[:, None]
+
     def span(self, positions: torch.Tensor) -> int:
         """How many leading positions attention reads, for new tokens at positions (B, T)."""
         if self.fixed_span:
@@ -100,9 +108,22 @@ class KVCache:
         return cache_k[: k.shape[0], :, :span], cache_v[: k.shape[0], :, :span]
 
 
+class FusedLinear(nn.Module):
+    """Bias-free projections of one input computed as one matmul, for inference (decode.fuse_for_decoding)."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.cat([linear.weight for linear in linears]), requires_grad=False)
+        self.sizes = [linear.out_features for linear in linears]
+
+    def forward(self, x):
+        return F.linear(x, self.weight).split(self.sizes, dim=-1)
+
+
 class Attention(nn.Module):
     """Grouped-query attention; q, k and v are separate projections, so that tensor parallelism can
-    split each by heads (a rank's slice of a fused qkv matrix would not be its own heads)."""
+    split each by heads (a rank's slice of a fused qkv matrix would not be its own heads).
+    Decoding may fuse them into `wqkv` (decode.fuse_for_decoding)."""
 
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
@@ -113,14 +134,16 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.wqkv: FusedLinear | None = None
 
     def forward(self, x, cos, sin, mask=None, cache: KVCache | None = None, positions=None, span: int = 0):
         B, T, _ = x.shape
         E = self.head_dim
+        q, k, v = (self.wq(x), self.wk(x), self.wv(x)) if self.wqkv is None else self.wqkv(x)
         # -1: the heads this module holds, all of them or, under tensor parallelism, this rank's share
-        q = self.wq(x).view(B, T, -1, E).transpose(1, 2)  # (B, H, T, E)
-        k = self.wk(x).view(B, T, -1, E).transpose(1, 2)  # (B, K, T, E)
-        v = self.wv(x).view(B, T, -1, E).transpose(1, 2)  # (B, K, T, E)
+        q = q.view(B, T, -1, E).transpose(1, 2)  # (B, H, T, E)
+        k = k.view(B, T, -1, E).transpose(1, 2)  # (B, K, T, E)
+        v = v.view(B, T, -1, E).transpose(1, 2)  # (B, K, T, E)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -132,10 +155,11 @@ class Attention(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q (B, H, T, E) over k, v (B, K, S, E): causal when mask is None (T == S, a whole
-    sequence), else where mask (B, 1, T, S) allows.
+    sequence), else as the additive mask (B, 1, T, S) allows (KVCache.mask).
 
     A masked call folds each key head's G = H/K query heads into its rows, (B, K, G·T, E): attention
     without GQA, which CUDA's masked attention kernels lack (they would copy every key G times).
+    A decoding step's one row of mask serves all G rows as it is.
     """
     H, K = q.shape[1], k.shape[1]
     if mask is None:
@@ -143,21 +167,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     B, _, T, E = q.shape
     G, S = H // K, k.shape[2]
     folded = q.reshape(B, K, G * T, E).to(k.dtype)
-    mask = mask.expand(B, G, T, S).reshape(B, 1, G * T, S)
+    if T > 1:
+        mask = mask.expand(B, G, T, S).reshape(B, 1, G * T, S)
     return F.scaled_dot_product_attention(folded, k, v, attn_mask=mask).reshape(B, H, T, E)
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(x·w1) * x·w3)."""
+    """SwiGLU: w2(silu(x·w1) * x·w3); decoding may fuse w1 and w3 into `w13` (decode.fuse_for_decoding)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.w1 = nn.Linear(config.d_model, config.hidden_dim, bias=False)
         self.w2 = nn.Linear(config.hidden_dim, config.d_model, bias=False)
         self.w3 = nn.Linear(config.d_model, config.hidden_dim, bias=False)
+        self.w13: FusedLinear | None = None
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (B, T, F) inside
+        gate, up = (self.w1(x), self.w3(x)) if self.w13 is None else self.w13(x)  # (B, T, F) each
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -208,7 +235,7 @@ class Transformer(nn.Module):
             if positions is None:
                 positions = torch.arange(T, device=tokens.device).expand(B, T)
             span = cache.span(positions)
-            mask = (torch.arange(span, device=tokens.device) <= positions[:, :, None])[:, None]  # (B, 1, T, S)
+            mask = cache.mask(positions, span)  # (B, 1, T, S)
         if positions is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, E)
         else:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mai.console import say
 from mai.errors import MaiError
 from mai.loading import load_pretrained
+from mai.model.decode import fuse_for_decoding
 from mai.precision import Precision, cast_for_decoding, default_device
 from mai.serve.api import AppSettings, build_app
 from mai.serve.engine import Engine
@@ -70,7 +71,8 @@ def serve(settings: ServeSettings) -> None:
     with bind(settings.host, settings.port, hint) as sock:  # before loading, which can take a minute
         map_large_allocations()
         model, tokenizer, _ = load_pretrained(settings.path, default_device())
-        model = cast_for_decoding(model, settings.precision)  # as `mai generate` decodes, so greedy outputs agree
+        # as `mai generate` decodes, so that greedy outputs agree
+        model = fuse_for_decoding(cast_for_decoding(model, settings.precision))
         context = model.config.max_seq_len
         if settings.max_context is not None and settings.max_context > context:
             raise MaiError(
