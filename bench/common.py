@@ -178,7 +178,9 @@ def peer_generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     return out[:, prompt.shape[1] :]
 
 
-def write_result(name: str, record: dict) -> Path:
+def write_result(name: str, record: dict, variant: str = "") -> Path:
+    """bench/results/NAME_DATE_MACHINE[-VARIANT].json; a variant (e.g. "compile") keeps a second
+    configuration of the same bench from overwriting the first."""
     today = date.today().isoformat()
     record = {
         "bench": name,
@@ -187,6 +189,6 @@ def write_result(name: str, record: dict) -> Path:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     } | record
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}_{today}_{machine_slug()}.json"
+    path = RESULTS / f"{name}_{today}_{machine_slug()}{'-' + variant if variant else ''}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

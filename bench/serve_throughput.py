@@ -220,6 +220,7 @@ def main():
             "results": results,
             "note": "ours pays for HTTP, JSON and a server process; the peer is a direct in-process call",
         },
+        variant="compile" if args.compile else "",
     )
     print(f"wrote {path}")
 
