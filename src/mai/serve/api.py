@@ -97,23 +97,23 @@ def build_app(engine: Engine, settings: AppSettings) -> FastAPI:
             data=[p.ModelCard(id=settings.model_name, created=created, max_model_len=engine.max_context)]
         )
 
+    async def answer(body, request: Request, jobs, id_prefix: str, chunks, response):
+        """One endpoint's reply to its jobs: an event stream of chunks, or the whole response."""
+        submitted = Submitted(engine, jobs)
+        header = serving.header(id_prefix)
+        if body.stream:
+            return sse(chunks(submitted, jobs, body, header, request), submitted)
+        return response(body, header, jobs, await collect(submitted, request))
+
     @app.post("/v1/completions", dependencies=[Depends(check_key)], response_model=None)
     async def completions(body: p.CompletionRequest, request: Request):
         jobs = serving.completion_jobs(body)
-        submitted = Submitted(engine, jobs)
-        header = serving.header("cmpl")
-        if body.stream:
-            return sse(serving.completion_chunks(submitted, jobs, body, header, request), submitted)
-        return serving.completion_response(body, header, jobs, await collect(submitted, request))
+        return await answer(body, request, jobs, "cmpl", serving.completion_chunks, serving.completion_response)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], response_model=None)
     async def chat_completions(body: p.ChatCompletionRequest, request: Request):
         jobs = serving.chat_jobs(body)
-        submitted = Submitted(engine, jobs)
-        header = serving.header("chatcmpl")
-        if body.stream:
-            return sse(serving.chat_chunks(submitted, jobs, body, header, request), submitted)
-        return serving.chat_response(body, header, jobs, await collect(submitted, request))
+        return await answer(body, request, jobs, "chatcmpl", serving.chat_chunks, serving.chat_response)
 
     return app
 
