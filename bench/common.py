@@ -136,8 +136,9 @@ def shakespeare_tokens(run_dir: str | None = None):
         return shakespeare_tokens(str(run))  # np.array copies them off the memory map
 
 
-def model_pair(preset: str):
-    """Our model and transformers' LlamaForCausalLM built from one config with the same weights.
+def model_pair(preset, device: str | torch.device = "cpu"):
+    """Our model and transformers' LlamaForCausalLM built from one config (a preset name or a
+    ModelConfig) with the same weights, fp32, on `device`.
 
     Checks that both have the same parameter count and compute the same logits. No eos token,
     so the peer's generate never stops early. Returns (config, ours, peer, max |logits diff|).
@@ -148,15 +149,16 @@ def model_pair(preset: str):
     from mai.model.hf import hf_config, to_hf
     from mai.model.transformer import build_model
 
-    config = load_config(preset).model
-    ours = build_model(config, seed=0)
-    peer = LlamaForCausalLM(LlamaConfig(**hf_config(config, None, None)))
+    config = load_config(preset).model if isinstance(preset, str) else preset
+    ours = build_model(config, seed=0, device=device)
+    with torch.device(device):  # a 1.5B peer initialised on the CPU would take minutes
+        peer = LlamaForCausalLM(LlamaConfig(**hf_config(config, None, None)))
     missing, unexpected = peer.load_state_dict(to_hf(ours.state_dict(), config), strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     assert not config.tie_embeddings or peer.lm_head.weight is peer.model.embed_tokens.weight
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(peer), (count(ours), count(peer))
-    tokens = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         max_diff = (ours(tokens) - peer(tokens).logits).abs().max().item()
     assert max_diff < 1e-4, f"our logits and transformers' differ by {max_diff}"
@@ -178,8 +180,9 @@ def peer_generate(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     return out[:, prompt.shape[1] :]
 
 
-def write_result(name: str, record: dict, variant: str = "") -> Path:
-    """bench/results/NAME_DATE_MACHINE[-VARIANT].json; a variant (e.g. "compile") keeps a second
+def write_result(name: str, record: dict, variant: str = "", path: Path | None = None) -> Path:
+    """Write bench, date, machine and command, then the record, to `path` or to
+    bench/results/NAME_DATE_MACHINE[-VARIANT].json; a variant (e.g. "compile") keeps a second
     configuration of the same bench from overwriting the first."""
     today = date.today().isoformat()
     record = {
@@ -188,7 +191,8 @@ def write_result(name: str, record: dict, variant: str = "") -> Path:
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     } | record
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}_{today}_{machine_slug()}{'-' + variant if variant else ''}.json"
+    if path is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{name}_{today}_{machine_slug()}{'-' + variant if variant else ''}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path

@@ -116,6 +116,56 @@ def prepared_run(tmp: Path, data: str | None) -> RunDir:
     return RunDir(run)
 
 
+def measure(config: ModelConfig, name: str, device: torch.device, dtype: torch.dtype, args) -> dict:
+    """Per concurrency in args.concurrency: ours, batched and sequential tokens/s over args.rounds
+    interleaved rounds, and ours over each peer. args: rounds, new_tokens, sequential_prompts, data, compile."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = prepared_run(Path(tmp), args.data)
+        tokens = run.read_tokens("train")
+        prompts = [tokens[i * PROMPT_TOKENS : (i + 1) * PROMPT_TOKENS].tolist() for i in range(max(args.concurrency))]
+        model_dir = Path(tmp) / f"serve-bench-{name}"
+        model_dir.mkdir()
+        export_model(config, load_tokenizer(run), model_dir, dtype)
+        reference = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+        process, url = start_server(
+            model_dir, max(args.concurrency), PROMPT_TOKENS + args.new_tokens, precision, args.compile
+        )
+        try:
+            asyncio.run(ours(url, model_dir.name, prompts[:2], 4))  # warm-up both arms
+            with torch.inference_mode():
+                peer(reference, prompts[:2], 4, device)
+            for c in args.concurrency:
+                arms = {
+                    "ours": lambda r, c=c: asyncio.run(ours(url, model_dir.name, prompts[:c], args.new_tokens)),
+                    "batched": lambda r, c=c: peer(reference, prompts[:c], args.new_tokens, device),
+                    "sequential": lambda r: statistics.mean(
+                        peer(reference, [p], args.new_tokens, device) for p in prompts[: args.sequential_prompts]
+                    ),
+                }
+                with torch.inference_mode():
+                    results[f"concurrency_{c}"] = interleaved(arms, args.rounds, f"concurrency {c}")
+        finally:
+            process.terminate()
+            process.wait()
+    for r in results.values():
+        per_round = r["rounds"]
+        r["ratio_vs_batched"] = ratios([x["ours"] for x in per_round], [x["batched"] for x in per_round])
+        r["ratio_vs_sequential"] = ratios([x["ours"] for x in per_round], [x["sequential"] for x in per_round])
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{'concurrency':>11}{'ours':>10}{'batched':>10}{'sequential':>12}{'÷batched':>10}{'÷sequential':>13}")
+    for key, r in results.items():
+        print(
+            f"{key.removeprefix('concurrency_'):>11}{r['ours']['median']:>10,.0f}{r['batched']['median']:>10,.0f}"
+            f"{r['sequential']['median']:>12,.0f}{r['ratio_vs_batched']['median']:>10.2f}"
+            f"{r['ratio_vs_sequential']['median']:>13.2f}"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -137,51 +187,8 @@ def main():
     device = torch.device("cuda" if args.gpu else "cpu")
     dtype = torch.bfloat16 if args.gpu else torch.float32
     config = PRESETS[args.preset]
-
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        run = prepared_run(Path(tmp), args.data)
-        tokens = run.read_tokens("train")
-        prompts = [tokens[i * PROMPT_TOKENS : (i + 1) * PROMPT_TOKENS].tolist() for i in range(max(args.concurrency))]
-        model_dir = Path(tmp) / f"serve-bench-{args.preset}"
-        model_dir.mkdir()
-        export_model(config, load_tokenizer(run), model_dir, dtype)
-        reference = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-        process, url = start_server(
-            model_dir,
-            max(args.concurrency),
-            PROMPT_TOKENS + args.new_tokens,
-            "bf16" if args.gpu else "fp32",
-            args.compile,
-        )
-        try:
-            asyncio.run(ours(url, model_dir.name, prompts[:2], 4))  # warm-up both arms
-            with torch.inference_mode():
-                peer(reference, prompts[:2], 4, device)
-            for c in args.concurrency:
-                arms = {
-                    "ours": lambda r, c=c: asyncio.run(ours(url, model_dir.name, prompts[:c], args.new_tokens)),
-                    "batched": lambda r, c=c: peer(reference, prompts[:c], args.new_tokens, device),
-                    "sequential": lambda r: statistics.mean(
-                        peer(reference, [p], args.new_tokens, device) for p in prompts[: args.sequential_prompts]
-                    ),
-                }
-                with torch.inference_mode():
-                    results[f"concurrency_{c}"] = interleaved(arms, args.rounds, f"concurrency {c}")
-        finally:
-            process.terminate()
-            process.wait()
-
-    print(f"\n{'concurrency':>11}{'ours':>10}{'batched':>10}{'sequential':>12}{'÷batched':>10}{'÷sequential':>13}")
-    for key, r in results.items():
-        per_round = r["rounds"]
-        r["ratio_vs_batched"] = ratios([x["ours"] for x in per_round], [x["batched"] for x in per_round])
-        r["ratio_vs_sequential"] = ratios([x["ours"] for x in per_round], [x["sequential"] for x in per_round])
-        print(
-            f"{key.removeprefix('concurrency_'):>11}{r['ours']['median']:>10,.0f}{r['batched']['median']:>10,.0f}"
-            f"{r['sequential']['median']:>12,.0f}{r['ratio_vs_batched']['median']:>10.2f}"
-            f"{r['ratio_vs_sequential']['median']:>13.2f}"
-        )
+    results = measure(config, args.preset, device, dtype, args)
+    print_table(results)
     goals = []
     if args.gpu:
         for key, target in GOALS.items():

@@ -51,13 +51,14 @@ class LogitsOnly(torch.nn.Module):
         return self.model(tokens).logits
 
 
-def timing_arm(model, precision: str, compiled: bool, tokens, batch: int, seq_len: int, steps: int):
-    """An arm for `interleaved`: warm up one step, then return tokens/s over `steps` AdamW steps."""
+def timing_arm(model, precision: str, compiled: bool, tokens, batch: int, seq_len: int, steps: int, device=CPU):
+    """An arm for `interleaved`: warm up one step, then return tokens/s over `steps` AdamW steps
+    (each step reads its loss, so a CUDA step has finished when the clock stops)."""
     optimizer = build_optimizer(model, TRAIN)  # mai's AdamW for both arms (same work)
     compute_loss = torch.compile(loss_fn) if compiled else loss_fn
 
     def step(inputs, targets):
-        loss = compute_loss(model, inputs, targets, CPU, precision)
+        loss = compute_loss(model, inputs, targets, device, precision)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
