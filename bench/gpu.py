@@ -45,7 +45,7 @@ CONFIGS = {
         ffn_dim=8192,
         max_seq_len=2048,
         tie_embeddings=False,
-    ),  # fmt: skip
+    ),
     "tiny": ModelConfig(
         vocab_size=4096, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=384, max_seq_len=128
     ),
@@ -114,6 +114,11 @@ def serving(config: ModelConfig, name: str, device: torch.device, new_tokens: in
     return results
 
 
+def arms_of(figures: dict, side: str) -> dict:
+    """The arms of one side ("ours" or "transformers") of a per-arm figure."""
+    return {arm: value for arm, value in figures.items() if arm.startswith(side)}
+
+
 def judged_goals(train: dict, serve: dict) -> list[dict]:
     mfu = train["mfu"]["ours_compiled"]["median"]
     goals = [{"goal": "training MFU, ours compiled, bf16", "value": mfu, "target": MFU_GOAL}]
@@ -146,7 +151,8 @@ def main():
 
     print(f"training {name} ({model_info(config)['params']:,} parameters), batch {batch} × {config.max_seq_len}")
     train = training(config, device, batch, config.max_seq_len, args.steps, args.rounds)
-    torch.cuda.empty_cache() if device.type == "cuda" else None  # the server needs the memory next
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the server needs the memory next
     for arm, value in train["mfu"].items():
         print(f"  {arm:<22} {train['tokens_per_s'][arm]['median']:>10,.0f} tokens/s  MFU {value['median']:.3f}")
     print(f"serving {name} through mai serve, concurrency 1, 8, 32")
@@ -160,14 +166,14 @@ def main():
         "model": config.model_dump(),
         "ours": {
             "name": "mai: training steps (bf16 autocast, AdamW), and mai serve over HTTP (bf16 on CUDA)",
-            "training_tokens_per_s": {k: v for k, v in train["tokens_per_s"].items() if k.startswith("ours")},
-            "training_mfu": {k: v for k, v in train["mfu"].items() if k.startswith("ours")},
+            "training_tokens_per_s": arms_of(train["tokens_per_s"], "ours"),
+            "training_mfu": arms_of(train["mfu"], "ours"),
             "serving_tokens_per_s": {k: r["ours"] for k, r in serve.items()},
         },
         "peer": {
             "name": "transformers LlamaForCausalLM: the same steps, eager and torch.compile; generate, batched",
-            "training_tokens_per_s": {k: v for k, v in train["tokens_per_s"].items() if k.startswith("transformers")},
-            "training_mfu": {k: v for k, v in train["mfu"].items() if k.startswith("transformers")},
+            "training_tokens_per_s": arms_of(train["tokens_per_s"], "transformers"),
+            "training_mfu": arms_of(train["mfu"], "transformers"),
             "serving_batched_tokens_per_s": {k: r["batched"] for k, r in serve.items()},
         },
         "ratio": train["ours_compiled_over_transformers_compiled"]["median"],
