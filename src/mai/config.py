@@ -102,8 +102,17 @@ class ModelConfig(Section):
         return m * ((8 * self.d_model // 3 + m - 1) // m)
 
 
-SourceKind = Literal["corpus", "text", "html", "warc", "jsonl", "parquet"]
-QUALITY_BY_KIND = {"corpus": "none", "text": "web", "html": "web", "warc": "web", "jsonl": "web", "parquet": "web"}
+SourceKind = Literal["corpus", "text", "html", "warc", "jsonl", "parquet", "synth"]
+# A teacher's text has passed `mai synth`'s own gates; the web rules would misjudge exercises and dialogue.
+QUALITY_BY_KIND = {
+    "corpus": "none",
+    "text": "web",
+    "html": "web",
+    "warc": "web",
+    "jsonl": "web",
+    "parquet": "web",
+    "synth": "none",
+}
 
 
 class SourceConfig(Section):
@@ -113,9 +122,10 @@ class SourceConfig(Section):
     kind: SourceKind = Field(
         "corpus",
         description=f"corpus: a built-in offline corpus named `name` ({', '.join(CORPORA)}); "
-        "text/html: a directory of files; warc: WARC/WET files (gzip ok); jsonl/parquet: records with a text field.",
+        "text/html: a directory of files; warc: WARC/WET files (gzip ok); jsonl/parquet: records with a text field; "
+        "synth: the samples `mai synth` wrote (this run's synth/ folder, unless path names another).",
     )
-    path: str | None = Field(None, description="File or directory to read (not for corpus).")
+    path: str | None = Field(None, description="File or directory to read (not for corpus; optional for synth).")
     glob: str | None = Field(None, description="Files to take under path, e.g. '**/*.py' (default: all).")
     text_key: str = Field("text", description="jsonl/parquet: the field holding the text.")
     quality: Literal["web", "code", "none"] | None = Field(
@@ -136,7 +146,7 @@ class SourceConfig(Section):
                 f"unknown data source {self.name!r}; choose from {', '.join(CORPORA)}, "
                 "or give your own data a kind and a path"
             )
-        if self.kind != "corpus" and not self.path:
+        if self.kind not in ("corpus", "synth") and not self.path:
             raise ValueError(f"source {self.name!r} of kind {self.kind} needs a path")
         return self
 
@@ -202,6 +212,11 @@ class TokenizerConfig(Section):
     """Byte-level BPE training."""
 
     sample_mb: float = Field(2.0, gt=0, description="Training text sampled for BPE merges, in MB.")
+    copy_from: str | None = Field(
+        None,
+        description="Take this model's tokenizer instead of training one: a run directory, a transformers "
+        "directory or a .gguf file (a teacher's, so that a student can be distilled from it).",
+    )
 
 
 class TrainConfig(Section):
@@ -252,6 +267,100 @@ class SampleConfig(Section):
     top_k: int = Field(50, ge=0, description="Sample among the k most likely tokens; 0 disables.")
 
 
+SYNTH_TEMPLATES = {
+    "textbook": (
+        "Write a {difficulty} textbook section about {topic} for {audience}. Explain the key ideas clearly, "
+        "with one worked example."
+    ),
+    "exercise": ("Write one {difficulty} exercise about {topic} for {audience}, then its complete worked solution."),
+    "chat": "I am {audience}. Can you explain {topic} to me? Keep it {difficulty}.",
+}
+
+
+class SynthConfig(Section):
+    """`mai synth`: a data set written by a teacher model behind any OpenAI-compatible endpoint.
+
+    Prompts are the combinations topics × audiences × formats × difficulties (each format a
+    template); a list may be inline or the path of a file with one item per line. A sample's id
+    hashes its seed fields, template, teacher and every sampling setting, so changing any of them
+    makes new samples instead of reusing cached ones.
+    """
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="The teacher's OpenAI-compatible API.")
+    model: str = Field("mai", description="The teacher's model name at that API.")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the API key (unset: none is sent)."
+    )
+    samples: int = Field(64, gt=0, description="Samples to generate (the prompt grid repeats with new seeds).")
+    topics: list[str] | str = Field(
+        ["photosynthesis", "the water cycle", "prime numbers", "gravity", "volcanoes", "the French Revolution"],
+        description="Topics, or a file of them.",
+    )
+    audiences: list[str] | str = Field(
+        ["a child", "a high-school student", "a university student"], description="Readers, or a file of them."
+    )
+    formats: list[str] = Field(list(SYNTH_TEMPLATES), description="Formats to write; each needs a template.")
+    difficulties: list[str] | str = Field(["simple", "detailed"], description="Levels, or a file of them.")
+    templates: dict[str, str] = Field(
+        SYNTH_TEMPLATES, description="Prompt per format, with {topic}, {audience} and {difficulty}."
+    )
+    system_prompt: str = Field("", description="System message of every request (empty: none).")
+    temperature: float = Field(0.8, ge=0, le=2, description="The teacher's sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="The teacher's nucleus sampling.")
+    max_tokens: int = Field(256, gt=0, description="Most tokens the teacher writes per sample.")
+    seed: int = Field(0, description="Seed of the prompt order and of each request's sampling seed.")
+    top_logprobs: int = Field(
+        0, ge=0, le=20, description="Record this many log-probabilities per token (OpenAI allows 20), for distillation."
+    )
+    stream: bool = Field(False, description="Request server-sent events (a cut stream is retried).")
+    concurrency: int = Field(8, gt=0, description="Requests in flight at once.")
+    requests_per_minute: int = Field(0, ge=0, description="Request rate limit (0: none).")
+    tokens_per_minute: int = Field(0, ge=0, description="Token rate limit, prompt plus completion (0: none).")
+    timeout: float = Field(120.0, gt=0, description="Seconds before a request is abandoned and retried.")
+    max_retries: int = Field(8, ge=0, description="Retries of a request (429, 5xx, timeouts, dropped connections).")
+    retry_base_seconds: float = Field(1.0, gt=0, description="First backoff; it doubles per retry, with jitter.")
+    max_total_tokens: int = Field(0, ge=0, description="Spending cap in tokens over the run's lifetime (0: none).")
+    max_cost: float = Field(0.0, ge=0, description="Spending cap in money (0: none); needs the prices.")
+    input_price_per_million: float = Field(0.0, ge=0, description="Price of a million prompt tokens.")
+    output_price_per_million: float = Field(0.0, ge=0, description="Price of a million completion tokens.")
+    min_words: int = Field(20, ge=0, description="Gate: fewer words than this is rejected as too_short.")
+    max_repetition: float = Field(
+        0.3, gt=0, le=1, description="Gate: share of repeated word 3-grams above this is rejected as repetitive."
+    )
+    near_duplicate: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Gate: MinHash Jaccard with an earlier sample at or above this is a near_duplicate.",
+    )
+    decontaminate: bool = Field(True, description="Gate: a 13-gram shared with a registered eval set is rejected.")
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> "SynthConfig":
+        missing = [f for f in self.formats if f not in self.templates]
+        if missing:
+            raise ValueError(f"synth.formats {missing} have no template; add them to synth.templates")
+        if self.max_cost and not (self.input_price_per_million or self.output_price_per_million):
+            raise ValueError("synth.max_cost needs synth.input_price_per_million and output_price_per_million")
+        return self
+
+
+class DistillConfig(Section):
+    """`mai distill`: train the run's model from a teacher's token distributions, mixed with cross-entropy.
+
+    teacher is a run directory, a transformers directory or a .gguf file (run over the data once,
+    its top-k cached; top_k = 0 runs it live on full logits), or "synth": the top-k
+    log-probabilities `mai synth` recorded from an API teacher, trained on the synthetic samples.
+    """
+
+    teacher: str = Field("", description='Local teacher path, or "synth" for the API log-probabilities.')
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="Divergence to the teacher.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the divergence; 1 − alpha weighs cross-entropy.")
+    temperature: float = Field(1.0, gt=0, description="Softens both distributions; the divergence is scaled by T².")
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="jsd only: the mixture's teacher weight.")
+    top_k: int = Field(20, ge=0, description="Teacher tokens kept per position in the cache (0: full logits, live).")
+
+
 class RunConfig(Section):
     """Everything one run needs; saved fully resolved as the run's config.toml."""
 
@@ -261,6 +370,8 @@ class RunConfig(Section):
     tokenizer: TokenizerConfig = Field(TokenizerConfig(), description=TokenizerConfig.__doc__)
     train: TrainConfig = Field(TrainConfig(), description=TrainConfig.__doc__)
     sample: SampleConfig = Field(SampleConfig(), description=SampleConfig.__doc__)
+    synth: SynthConfig = Field(SynthConfig(), description=SynthConfig.__doc__.splitlines()[0])
+    distill: DistillConfig = Field(DistillConfig(), description=DistillConfig.__doc__.splitlines()[0])
 
     @model_validator(mode="after")
     def _check_seq_len(self) -> "RunConfig":

@@ -140,6 +140,7 @@ class RunDir:
     samples_path = property(lambda self: self.path / "samples.json")
     eval_path = property(lambda self: self.path / "eval.json")
     report_path = property(lambda self: self.path / "report.md")
+    synth_dir = property(lambda self: self.path / "synth")
 
     def require(self) -> "RunDir":
         if not self.config_path.is_file():

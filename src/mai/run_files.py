@@ -6,6 +6,8 @@ its model and the stages that read it get the model back, so both sides share on
     samples.json                Samples        `mai run`
     eval.json                   EvalRecord     `mai eval`
     metrics.jsonl               MetricsRecord  `mai train`, one per logged step
+    synth/responses.jsonl       SynthRecord    `mai synth`, one per teacher reply
+    synth/summary.json          SynthSummary   `mai synth`
 
 Reading checks types strictly (a "10" where a step
 goes is an error, as an edit or another version of mai could leave it) and ignores keys it does not
@@ -181,3 +183,38 @@ class MetricsRecord(RunFile):
     flops_per_s: float | None = optional()
     val_loss: float | None = optional()
     val_bpb: float | None = optional()
+
+
+class SynthRecord(RunFile):
+    """One teacher reply (a line of synth/responses.jsonl; samples.jsonl adds `text`, rejected.jsonl `reason`)."""
+
+    remedy: ClassVar[str] = "delete the line and rerun `mai synth`, which asks for that sample again"
+
+    id: str = Field(description="Hash of the seed fields, prompt, teacher and sampling settings.")
+    index: int = Field(description="Position in the plan.")
+    seed: dict[str, str | int] = Field(description="topic, audience, format, difficulty, replica.")
+    messages: list[dict[str, str]]
+    teacher: str
+    params: dict[str, Any] = Field(description="Every sampling setting of the request, its seed included.")
+    response: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    attempts: int
+    seconds: float
+    logprobs: dict[str, Any] | None = optional(description="Top-k log-probabilities (synth/teacher.py's form).")
+    text: str | None = optional(description="samples.jsonl: what the data pipeline reads.")
+    reason: str | None = optional(description="rejected.jsonl: the gate that rejected it.")
+
+
+class SynthSummary(RunFile):
+    """synth/summary.json: what the last `mai synth` left."""
+
+    planned: int
+    done: int
+    kept: int
+    rejected: int
+    tokens: int = Field(description="Prompt and completion tokens of every reply in the cache.")
+    cost: float
+    stopped_at_cap: bool

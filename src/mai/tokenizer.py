@@ -6,6 +6,7 @@ post-processor, so transformers' PreTrainedTokenizerFast adds it exactly as we d
 ChatML (`<|im_start|>role\\n...<|im_end|>`).
 """
 
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,23 +119,28 @@ class Tokenizer:
         return TextStream(self.backend)
 
     def token_bytes(self) -> list[int]:
-        """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text).
+        """UTF-8 bytes each token stands for; 0 for special tokens (they carry no text)."""
+        return [len(b) for b in self.token_byte_strings]
+
+    @functools.cached_property
+    def token_byte_strings(self) -> list[bytes]:
+        """The bytes each token stands for (b"" for special tokens), as OpenAI's logprobs report them.
 
         A byte-level token's string has one character per byte, even when it holds part of a
         multi-byte character (which would decode on its own to U+FFFD).
         """
         special = {t.content for t in self.backend.get_added_tokens_decoder().values() if t.special}
-        byte_chars = set(pre_tokenizers.ByteLevel.alphabet())
-        sizes = []
+        byte_of = byte_level_alphabet()
+        strings = []
         for i in range(self.vocab_size):
             token = self.backend.id_to_token(i)
             if token is None or token in special:
-                sizes.append(0)
-            elif set(token) <= byte_chars:
-                sizes.append(len(token))
+                strings.append(b"")
+            elif set(token) <= byte_of.keys():
+                strings.append(bytes(byte_of[c] for c in token))
             else:
-                sizes.append(len(self.decode([i]).encode()))
-        return sizes
+                strings.append(self.decode([i]).encode())
+        return strings
 
     def bytes_per_token(self, texts: Iterable[str]) -> float:
         texts = list(texts)
@@ -157,6 +163,16 @@ class TextStream:
 
     def step(self, token_id: int) -> str:
         return self.stream.step(self.backend, token_id) or ""
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, reversed: the character standing for each byte → the byte.
+
+    Printable Latin-1 bytes stand for themselves; the others, in order, for U+0100 onwards.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = iter(range(256, 512))
+    return {(chr(b) if b in printable else chr(next(others))): b for b in range(256)}
 
 
 def check_vocab_size(vocab_size: int) -> None:

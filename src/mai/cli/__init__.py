@@ -154,6 +154,18 @@ def tokenizer_train(run_dir: RunArg):
 
 
 @app.command()
+def synth(run_dir: RunArg, set_: Overrides = None):
+    """Generate a data set (config section synth) from a teacher behind an OpenAI-compatible API; a rerun resumes."""
+    from mai.config import apply_overrides
+    from mai.data.synth import synthesize
+    from mai.run import RunDir
+
+    run = RunDir(run_dir).require()
+    summary = synthesize(run, apply_overrides(run.read_config(), set_ or []))
+    write(summary.model_dump_json() + "\n")
+
+
+@app.command()
 def train(
     run_dir: RunArg,
     resume: Annotated[bool, typer.Option(help="Continue from checkpoints/latest.")] = False,

@@ -19,7 +19,7 @@ from mai.console import say
 from mai.data.executors import Stages, check_executor, refuse_too_few_documents
 from mai.data.filters import check_languages
 from mai.data.pipeline import reset_pipeline, run_stages
-from mai.data.readers import check_source_files
+from mai.data.readers import SYNTH_SAMPLES, check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
@@ -41,12 +41,13 @@ def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
     may only finish or repair them, never change them.
     """
     started = time.time()
+    settings = data_settings(run, config)  # before the synth paths are filled in: a moved run is the same run
+    config = with_synth_paths(run, config)
     check_vocab_size(config.model.vocab_size)
     check_languages(config.data.languages)
     check_source_files(config.data.sources)
     check_executor(config.data)
     stages = Stages(run.data_dir, config.data)
-    settings = data_settings(config)
     plan = plan_preparation(run, stages, settings)
     if plan.message:
         say(plan.message)
@@ -86,12 +87,27 @@ def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
     return manifest
 
 
-def data_settings(config: RunConfig) -> dict:
-    """Every setting the data stage reads, as recorded in data/work/config.json."""
+def with_synth_paths(run: RunDir, config: RunConfig) -> RunConfig:
+    """The config with each synth source that names no path reading this run's synth/ folder."""
+    sources = [
+        s.model_copy(update={"path": str(run.synth_dir)}) if s.kind == "synth" and not s.path else s
+        for s in config.data.sources
+    ]
+    return config.model_copy(update={"data": config.data.model_copy(update={"sources": sources})})
+
+
+def data_settings(run: RunDir, config: RunConfig) -> dict:
+    """Every setting the data stage reads, as recorded in data/work/config.json; a synth source's
+    samples count as one of its settings (by their sha256), so that new samples redo the pipeline."""
     return {
         "data": config.data.model_dump(),
         "tokenizer": config.tokenizer.model_dump(),
         "vocab_size": config.model.vocab_size,
+        "synth_samples": {
+            s.name: sha256_file(samples)
+            for s in with_synth_paths(run, config).data.sources
+            if s.kind == "synth" and (samples := Path(s.path) / SYNTH_SAMPLES).is_file()
+        },
     }
 
 
@@ -116,6 +132,8 @@ def settings_by_step(settings: dict) -> dict[str, dict]:
         add(SourceConfig, source, f"data.sources[{source['name']}].", "pipeline")
     add(TokenizerConfig, settings["tokenizer"], "tokenizer.", "tokenizer")
     add(ModelConfig, {"vocab_size": settings["vocab_size"]}, "model.", None)  # of the model, the data reads only this
+    for name, sha256 in settings.get("synth_samples", {}).items():
+        steps["pipeline"][f"data.sources[{name}].samples"] = sha256
     return steps
 
 

@@ -20,6 +20,7 @@ from mai.data.corpus import check_installed, read_source
 from mai.errors import MaiError
 
 BINARY_PROBE = 8192
+SYNTH_SAMPLES = "samples.jsonl"  # of a synth/ folder: what `mai synth` kept
 
 
 class NamedBySource:
@@ -88,6 +89,12 @@ class SafeJsonlReader(NamedBySource, SkipBadFiles, JsonlReader):
     pass
 
 
+class SynthReader(SafeJsonlReader):
+    """The samples `mai synth` kept (synth/samples.jsonl)."""
+
+    name = "🧑‍🏫 synth"
+
+
 class SafeParquetReader(NamedBySource, SkipBadFiles, ParquetReader):
     pass
 
@@ -138,6 +145,11 @@ def check_source_files(sources: list[SourceConfig]) -> None:
             check_installed(source.name)
             continue
         folder = get_datafolder(source.path)
+        if source.kind == "synth" and not folder.exists(SYNTH_SAMPLES):
+            raise MaiError(
+                f"data source {source.name!r}: {source.path} has no {SYNTH_SAMPLES}; generate it with `mai synth RUN`",
+                parameter="data.sources",
+            )
         if not folder.exists(""):
             raise MaiError(f"data source {source.name!r}: {source.path} does not exist", parameter="data.sources")
         if not folder.list_files(recursive=True, glob_pattern=source.glob):
@@ -172,6 +184,7 @@ def build_reader(source: SourceConfig, seed: int, rejects_writer) -> BaseReader:
         "warc": lambda: SafeWarcReader(source.path, **common),
         "jsonl": lambda: SafeJsonlReader(source.path, text_key=source.text_key, **common),
         "parquet": lambda: SafeParquetReader(source.path, text_key=source.text_key, **common),
+        "synth": lambda: SynthReader(source.path, text_key="text", **common | {"glob_pattern": SYNTH_SAMPLES}),
     }
     reader = readers[source.kind]()
     reader.rejects = rejects_writer

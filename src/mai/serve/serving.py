@@ -232,8 +232,9 @@ def completion_logprobs(entries, prompt_ids, tokenizer, offset: int) -> p.Comple
 
 def chat_logprobs(entries: list[TokenLogprob], tokenizer) -> p.ChatLogprobs:
     def top(token_id, logprob):
-        text = tokenizer.decode([token_id])
-        return p.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+        # bytes: the token's own, which for part of a multi-byte character differ from its text's (U+FFFD)
+        raw = tokenizer.token_byte_strings[token_id]
+        return p.TopLogprob(token=tokenizer.decode([token_id]), logprob=logprob, bytes=list(raw))
 
     return p.ChatLogprobs(
         content=[
