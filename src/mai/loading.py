@@ -223,10 +223,32 @@ def read_gguf(path: Path):
         hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:  # a truncated or foreign file fails anywhere in the GGUF parser (struct.error, ...)
         raise MaiError(f"{path}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None
-    tokenizer = Tokenizer(
+    return model.config.to_dict(), model.state_dict(), tokenizer_of(hf_tokenizer)
+
+
+def tokenizer_of(hf_tokenizer) -> Tokenizer:
+    """Ours, from a transformers tokenizer: its backend, BOS/EOS and chat template."""
+    return Tokenizer(
         hf_tokenizer.backend_tokenizer,
         hf_tokenizer.bos_token,
         hf_tokenizer.eos_token,
         hf_tokenizer.chat_template or CHAT_TEMPLATE,
     )
-    return model.config.to_dict(), model.state_dict(), tokenizer
+
+
+def tokenizer_from(path: Path) -> Tokenizer:
+    """The tokenizer of a run directory, a transformers directory or a GGUF file (tokenizer.copy_from)."""
+    if (path / "tokenizer.json").is_file():
+        return Tokenizer.load(path / "tokenizer.json")
+    gguf = find_gguf(path) if path.exists() else None
+    if gguf is None:
+        raise MaiError(
+            f"tokenizer.copy_from: {path} has no tokenizer.json and is not a .gguf file",
+            parameter="tokenizer.copy_from",
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return tokenizer_of(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    except Exception as e:  # as in read_gguf: the GGUF parser fails in many ways
+        raise MaiError(f"{gguf}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None

@@ -14,8 +14,10 @@ goes is an error, as an edit or another version of mai could leave it) and ignor
 know; `remedy` says what to do about a bad file.
 """
 
+import base64
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mai.config import ModelConfig
@@ -203,7 +205,7 @@ class SynthRecord(RunFile):
     cost: float
     attempts: int
     seconds: float
-    logprobs: dict[str, Any] | None = optional(description="Top-k log-probabilities (synth/teacher.py's form).")
+    logprobs: dict[str, Any] | None = optional(description="Top-k log-probabilities in encode_logprobs' form.")
     text: str | None = optional(description="samples.jsonl: what the data pipeline reads.")
     reason: str | None = optional(description="rejected.jsonl: the gate that rejected it.")
 
@@ -218,3 +220,35 @@ class SynthSummary(RunFile):
     tokens: int = Field(description="Prompt and completion tokens of every reply in the cache.")
     cost: float
     stopped_at_cap: bool
+
+
+def encode_logprobs(entries: list, k: int) -> dict:
+    """OpenAI's per-token logprobs (chosen token, then its top-k) in a compact form: the distinct
+    token byte strings once (base64), and (T, k+1) arrays of indexes into them (uint32) and of
+    log-probabilities (float16), each base64. Missing alternatives are -inf."""
+    strings: dict[bytes, int] = {}
+    ids = np.zeros((len(entries), k + 1), dtype=np.uint32)
+    values = np.full((len(entries), k + 1), -np.inf, dtype=np.float16)
+
+    def index(item) -> int:
+        raw = bytes(item.bytes) if item.bytes is not None else item.token.encode()
+        return strings.setdefault(raw, len(strings))
+
+    for t, entry in enumerate(entries):
+        row = [entry, *[alt for alt in entry.top_logprobs][:k]]
+        for j, item in enumerate(row):
+            ids[t, j], values[t, j] = index(item), item.logprob
+    return {
+        "k": k,
+        "tokens": [base64.b64encode(s).decode() for s in strings],
+        "ids": base64.b64encode(ids.tobytes()).decode(),
+        "values": base64.b64encode(values.tobytes()).decode(),
+    }
+
+
+def decode_logprobs(record: dict) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+    """encode_logprobs' form back: (token byte strings, ids (T, k+1), log-probabilities (T, k+1) float32)."""
+    k = record["k"]
+    ids = np.frombuffer(base64.b64decode(record["ids"]), dtype=np.uint32).reshape(-1, k + 1)
+    values = np.frombuffer(base64.b64decode(record["values"]), dtype=np.float16).reshape(-1, k + 1)
+    return [base64.b64decode(s) for s in record["tokens"]], ids, values.astype(np.float32)

@@ -182,6 +182,22 @@ def train(
 
 
 @app.command()
+def distill(
+    run_dir: RunArg,
+    resume: Annotated[bool, typer.Option(help="Continue from checkpoints/latest.")] = False,
+    set_: Overrides = None,
+):
+    """Train the run's model from a teacher (config section distill); --resume continues exactly."""
+    from mai.config import apply_overrides
+    from mai.run import RunDir
+    from mai.train.distill import distill as distill_run
+
+    run = RunDir(run_dir).require()
+    record = distill_run(run, resume=resume, config=apply_overrides(run.read_config(), set_ or []))
+    write(record.model_dump_json() + "\n")
+
+
+@app.command()
 def generate(
     run_dir: RunArg,
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",

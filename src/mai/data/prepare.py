@@ -23,11 +23,11 @@ from mai.data.readers import SYNTH_SAMPLES, check_source_files
 from mai.data.shards import SOURCE_STATS, ShardWriter, read_summaries, val_threshold
 from mai.data.stats import step_table
 from mai.errors import MaiError
-from mai.loading import load_tokenizer, save_tokenizer
+from mai.loading import load_tokenizer, save_tokenizer, tokenizer_from
 from mai.run import RunDir, atomic_write_text, read_checkpoint_meta, sha256_file, write_json
 from mai.run_files import Manifest, PipelineStep, Shard, SourceTotals, SplitRatios, Splits
 from mai.taskdata import evaluation_texts
-from mai.tokenizer import check_vocab_size, train_tokenizer
+from mai.tokenizer import Tokenizer, check_vocab_size, train_tokenizer
 
 DATA_STEPS = ("pipeline", "tokenizer", "shards")  # in order: a change redoes its step and those after it
 
@@ -44,6 +44,7 @@ def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
     settings = data_settings(run, config)  # before the synth paths are filled in: a moved run is the same run
     config = with_synth_paths(run, config)
     check_vocab_size(config.model.vocab_size)
+    copied = copied_tokenizer(config)
     check_languages(config.data.languages)
     check_source_files(config.data.sources)
     check_executor(config.data)
@@ -69,7 +70,8 @@ def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
             refuse_too_few_documents(stages, len(doc_ids))
         if plan.train_tokenizer:
             whole_corpus = len(sample) == len(doc_ids)
-            save_tokenizer(train_tokenizer(sample, config.model.vocab_size, whole_corpus=whole_corpus), run.path)
+            tokenizer = copied or train_tokenizer(sample, config.model.vocab_size, whole_corpus=whole_corpus)
+            save_tokenizer(tokenizer, run.path)
         write_shards(run, stages, clean, val_threshold(doc_ids, config.data.val_fraction, config.data.seed))
         if not stages.complete("shards"):
             raise MaiError(
@@ -85,6 +87,20 @@ def prepare_data(run: RunDir, config: RunConfig) -> Manifest:
     manifest = build_manifest(run, config, stages, time.time() - started)
     write_json(run.manifest_path, manifest)
     return manifest
+
+
+def copied_tokenizer(config: RunConfig) -> Tokenizer | None:
+    """The tokenizer tokenizer.copy_from names (None: train one), checked against model.vocab_size."""
+    if config.tokenizer.copy_from is None:
+        return None
+    tokenizer = tokenizer_from(Path(config.tokenizer.copy_from))
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise MaiError(
+            f"tokenizer.copy_from {config.tokenizer.copy_from} has {tokenizer.vocab_size} tokens; "
+            f"set model.vocab_size = {tokenizer.vocab_size} to match",
+            parameter="model.vocab_size",
+        )
+    return tokenizer
 
 
 def with_synth_paths(run: RunDir, config: RunConfig) -> RunConfig:
@@ -305,7 +321,9 @@ def retrain_tokenizer(run: RunDir, config: RunConfig):
         )
     val_ids = set(run.read_manifest().val_documents)
     doc_ids, sample = scan_documents(clean, config.tokenizer.sample_mb * 1e6)
-    tokenizer = train_tokenizer(sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids))
+    tokenizer = copied_tokenizer(config) or train_tokenizer(
+        sample, config.model.vocab_size, whole_corpus=len(sample) == len(doc_ids)
+    )
     save_tokenizer(tokenizer, run.path)
     return tokenizer, tokenizer.bytes_per_token(text for doc_id, text in read_documents(clean) if doc_id in val_ids)
 

@@ -15,6 +15,7 @@ the gates see the samples in plan order, whatever order the replies came in.
 """
 
 import asyncio
+import math
 import os
 import time
 from pathlib import Path
@@ -90,12 +91,13 @@ async def generate(run: RunDir, config: SynthConfig, todo: list[PlannedSample], 
     reply to the cache as it arrives; False when the spending cap stopped it first."""
     limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
     pending = iter(todo)
-    capped = False
+    capped, prompt_scale = False, 1.0
 
     async def worker(client) -> None:
-        nonlocal capped
+        nonlocal capped, prompt_scale
         for sample in pending:  # one iterator shared by the workers: each sample is taken once
-            prompt_tokens = estimate_prompt_tokens(sample.messages)
+            # the estimate learns from the replies how the server counts prompts (templates, tokenizer)
+            prompt_tokens = math.ceil(estimate_prompt_tokens(sample.messages) * prompt_scale)
             reserved = (prompt_tokens + config.max_tokens, cost_of(config, prompt_tokens, config.max_tokens))
             if capped or not await budget.reserve(*reserved):
                 capped = True
@@ -103,6 +105,7 @@ async def generate(run: RunDir, config: SynthConfig, todo: list[PlannedSample], 
             spent = (0, 0.0)
             try:
                 reply = await request(client, config, limiter, sample.messages, sample.params)
+                prompt_scale = max(prompt_scale, reply.prompt_tokens / estimate_prompt_tokens(sample.messages))
                 spent = (
                     reply.prompt_tokens + reply.completion_tokens,
                     cost_of(config, reply.prompt_tokens, reply.completion_tokens),

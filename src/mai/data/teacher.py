@@ -8,7 +8,6 @@ mistake (a wrong model name or key) and stops the run with the server's message.
 """
 
 import asyncio
-import base64
 import os
 import random
 import time
@@ -16,11 +15,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import httpx
-import numpy as np
 import openai
 
 from mai.config import SynthConfig
 from mai.errors import MaiError
+from mai.run_files import encode_logprobs
 
 RETRIED_STATUS = {408, 409, 429}
 MAX_BACKOFF_SECONDS = 60.0
@@ -125,38 +124,6 @@ def cost_of(config: SynthConfig, prompt_tokens: int, completion_tokens: int) -> 
 def estimate_prompt_tokens(messages: list[dict]) -> int:
     """A prompt's tokens before the server counts them: ~4 characters a token, plus the turn markers."""
     return sum(len(m["content"]) // 4 + 4 for m in messages)
-
-
-def encode_logprobs(entries: list, k: int) -> dict:
-    """OpenAI's per-token logprobs (chosen token, then its top-k) in a compact form: the distinct
-    token byte strings once (base64), and (T, k+1) arrays of indexes into them (uint32) and of
-    log-probabilities (float16), each base64. Missing alternatives are -inf."""
-    strings: dict[bytes, int] = {}
-    ids = np.zeros((len(entries), k + 1), dtype=np.uint32)
-    values = np.full((len(entries), k + 1), -np.inf, dtype=np.float16)
-
-    def index(item) -> int:
-        raw = bytes(item.bytes) if item.bytes is not None else item.token.encode()
-        return strings.setdefault(raw, len(strings))
-
-    for t, entry in enumerate(entries):
-        row = [entry, *[alt for alt in entry.top_logprobs][:k]]
-        for j, item in enumerate(row):
-            ids[t, j], values[t, j] = index(item), item.logprob
-    return {
-        "k": k,
-        "tokens": [base64.b64encode(s).decode() for s in strings],
-        "ids": base64.b64encode(ids.tobytes()).decode(),
-        "values": base64.b64encode(values.tobytes()).decode(),
-    }
-
-
-def decode_logprobs(record: dict) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """encode_logprobs' form back: (token byte strings, ids (T, k+1), log-probabilities (T, k+1) float32)."""
-    k = record["k"]
-    ids = np.frombuffer(base64.b64decode(record["ids"]), dtype=np.uint32).reshape(-1, k + 1)
-    values = np.frombuffer(base64.b64decode(record["values"]), dtype=np.float16).reshape(-1, k + 1)
-    return [base64.b64decode(s) for s in record["tokens"]], ids, values.astype(np.float32)
 
 
 def make_client(config: SynthConfig) -> openai.AsyncOpenAI:

@@ -78,11 +78,13 @@ def validation_loss(model, val_tokens, token_bytes: torch.Tensor, config: RunCon
 
 
 def train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, precision) -> tuple[float, float, float]:
-    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, lr used)."""
+    """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, lr used).
+
+    A batch is (inputs, targets) and, for distillation, what the objective adds (the teacher's part).
+    """
     loss = 0.0
     for _ in range(tc.grad_accum):
-        inputs, targets = sampler.next_batch()
-        micro_loss = compute_loss(model, inputs, targets, device, precision) / tc.grad_accum
+        micro_loss = compute_loss(model, *sampler.next_batch(), device, precision) / tc.grad_accum
         micro_loss.backward()
         loss += micro_loss.item()
     if not math.isfinite(loss):
@@ -96,12 +98,14 @@ def train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, p
 
 
 def train(
-    run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None
+    run: RunDir, resume: bool = False, config: RunConfig | None = None, device: str | None = None, objective=None
 ) -> MetricsRecord:
     """Train the run's model to config.train.steps; return the final record.
 
     A `config` differing from config.toml (new overrides) replaces it once every input has been
-    checked, so a rejected run leaves the directory as it was.
+    checked, so a rejected run leaves the directory as it was. `objective(run, config, tokenizer,
+    device, precision)` makes another objective than next-token cross-entropy (train/distill.py):
+    an object whose `sampler(train_tokens)` gives the batches and whose `loss` scores them.
     """
     config = config or run.read_config()
     tc = config.train
@@ -125,8 +129,12 @@ def train(
     model = build_model(config.model, seed=tc.seed, device=device)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
-    sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed)
     check_validation_tokens(val_tokens, tc.seq_len)
+    if objective is None:
+        sampler, compute_loss = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed), loss_fn
+    else:
+        made = objective(run, config, tokenizer, device, precision)
+        sampler, compute_loss = made.sampler(train_tokens), made.loss
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
@@ -139,7 +147,7 @@ def train(
         console.print(f"{run.path} has no checkpoint yet: training from step 0")
     # Compiling model and loss together lets inductor fuse the norms, RoPE, SwiGLU and the
     # log-softmax of the loss: ~1.4× the eager tokens/s of the tiny preset on a 2-core CPU.
-    compute_loss = torch.compile(loss_fn) if tc.compile else loss_fn
+    compute_loss = torch.compile(compute_loss) if tc.compile else compute_loss
 
     info = model_info(config.model, tc.seq_len)
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
