@@ -211,6 +211,7 @@ FROZEN_INTERFACE = {
     "config presets": [],
     "config show": ["--explain", "--set", "preset"],
     "data prepare": ["run_dir"],
+    "distill": ["--resume", "--set", "run_dir"],
     "data stats": ["run_dir"],
     "eval compare": ["--chart", "paths"],
     "eval lm-eval": [],
@@ -246,6 +247,7 @@ FROZEN_INTERFACE = {
         "--precision",
         "path",
     ],
+    "synth": ["--set", "run_dir"],
     "tokenizer train": ["run_dir"],
     "train": ["--resume", "--set", "run_dir"],
 }

@@ -86,6 +86,7 @@ def reference(server, tmp_path_factory) -> dict[str, str]:
     return texts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_sample_exactly_once_through_a_faulty_network(server, reference, tmp_path, stream):
     faults = "429,500,slow,drop,cut,429,ok,500,drop" if stream else "429,500,slow,drop,429,ok,500,drop"
@@ -100,6 +101,7 @@ def test_every_sample_exactly_once_through_a_faulty_network(server, reference, t
     assert sum(attempts) == SAMPLES + len(faults.split(",")) - 1
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_uninterrupted_set(server, reference, tmp_path):
     run = new_run(tmp_path, "killed", synth_settings(f"{server.url}/v1", server.model, concurrency=1))
     process = subprocess.Popen([MAI, "synth", str(run.path)], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -118,6 +120,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_set(server, reference, tmp_pa
     assert outputs(run) == reference
 
 
+@pytest.mark.slow
 def test_the_spending_cap_stops_there_and_a_higher_one_finishes(server, reference, tmp_path):
     prices = {"input_price_per_million": 1000.0, "output_price_per_million": 2000.0}
     run = new_run(tmp_path, "capped", synth_settings(f"{server.url}/v1", server.model, max_cost=0.25, **prices))
@@ -151,6 +154,7 @@ def test_a_wrong_model_name_stops_with_the_servers_message(server, tmp_path):
     assert "refused the request (HTTP 404" in result.stderr and "synth.model" in result.stderr
 
 
+@pytest.mark.slow
 def test_through_the_gateway(server, reference, tmp_path):
     config = f'[models.teacher]\nbackends = [{{url = "{server.url}/v1", model = "{server.model}"}}]\n'
     with gateway_over(tmp_path, config) as url:
