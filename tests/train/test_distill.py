@@ -11,7 +11,6 @@ from conftest import copy_run, metric_records, run_mai, smollm2_dir
 from data.test_synth import synth_settings
 from mai.config import load_config
 from mai.loading import load_tokenizer
-from mai.run import RunDir
 from mai.train.distill import SynthSampler, synth_rows
 
 SHORT = ["train.steps=4", "train.warmup_steps=1", "train.eval_every=4", "train.checkpoint_every=2", "train.log_every=1"]
@@ -21,9 +20,9 @@ def losses(run) -> list:
     return [(r["step"], r.get("loss"), r.get("val_loss")) for r in metric_records(run)]
 
 
-def distill(run, *settings, check=True):
+def distill(run, *settings, resume=False, check=True):
     args = [arg for s in [*SHORT, *settings] for arg in ("--set", s)]
-    return run_mai("distill", str(run.path), *args, check=check)
+    return run_mai("distill", str(run.path), *(["--resume"] if resume else []), *args, check=check)
 
 
 @pytest.mark.slow  # builds the cache twice
@@ -58,13 +57,11 @@ def test_a_live_teacher_on_full_logits_resumes_exactly(prepared_run, trained_run
     whole = copy_run(prepared_run, tmp_path / "whole")
     distill(whole, teacher, "distill.top_k=0", "distill.loss=jsd")
     # as a crash after the step-2 checkpoint leaves it: no step 4, metrics past step 2 unwritten or torn
-    rewound = tmp_path / "rewound"
-    shutil.copytree(whole.path, rewound)
-    shutil.rmtree(rewound / "checkpoints" / "step_0000004")
-    (rewound / "checkpoints" / "latest").write_text("step_0000002")
-    args = [arg for s in [*SHORT, teacher, "distill.top_k=0", "distill.loss=jsd"] for arg in ("--set", s)]
-    run_mai("distill", str(rewound), "--resume", *args)
-    assert losses(RunDir(rewound)) == losses(whole)
+    rewound = copy_run(whole, tmp_path / "rewound")
+    shutil.rmtree(rewound.checkpoint_dir(4))
+    (rewound.checkpoints_dir / "latest").write_text("step_0000002")
+    distill(rewound, teacher, "distill.top_k=0", "distill.loss=jsd", resume=True)
+    assert losses(rewound) == losses(whole)
 
 
 def test_distilling_from_the_api_top_k_that_synth_recorded(prepared_run, trained_run, server, tmp_path):
