@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint install clean
+.PHONY: demo dual test test-all bench lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/mai run tiny --run-dir runs/demo
+
+dual: $(STAMP)
+	MAI=$(BIN)/mai bash docs/dual.sh runs/dual
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,4 +1,5 @@
-"""The distillation losses: zero at the teacher, exact gradients, top-k = full at k = V, masks honoured."""
+"""The distillation losses: zero at the teacher, exact gradients, top-k = full at k = V, the tail beyond
+the top-k counted, masks honoured."""
 
 import pytest
 import torch
@@ -44,6 +45,17 @@ def test_top_k_with_k_equal_to_the_vocabulary_is_full_distillation(kind):
     assert torch.allclose(divergence(student, top, ids, kind=kind, temperature=2.0), full, atol=1e-12)
     smaller = divergence(student, *teacher.topk(5, dim=-1), kind=kind, temperature=2.0)
     assert not torch.allclose(smaller, full)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_top_k_counts_the_probability_a_student_puts_outside_the_teachers_tokens(kind):
+    teacher_logits = logits(3, 11, seed=8)
+    top, ids = torch.log_softmax(teacher_logits, -1).topk(4, dim=-1)
+    student = teacher_logits.clone()
+    outside = torch.ones_like(student, dtype=torch.bool).scatter(-1, ids, False)
+    student[outside] += 5.0  # the same odds among the teacher's 4 tokens, most mass elsewhere
+    assert (divergence(student, top, ids, kind=kind) > 0.1).all()  # JSD is at most ln 2
+    assert divergence(teacher_logits, top, ids, kind=kind).abs().max() < 1e-12
 
 
 def test_masked_positions_contribute_nothing():
