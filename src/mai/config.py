@@ -361,6 +361,30 @@ class DistillConfig(Section):
     top_k: int = Field(20, ge=0, description="Teacher tokens kept per position in the cache (0: full logits, live).")
 
 
+class ParallelConfig(Section):
+    """How `mai train` spreads over processes under torchrun (train/parallel.py); one process ignores it.
+
+    The processes form a mesh dp_replicate × dp_shard × tp. Tensor parallelism splits each block's
+    attention heads and MLP columns over tp processes (keep it within a node); FSDP2 shards
+    parameters, gradients and optimizer state over dp_shard, and dp_replicate copies that shard
+    group (HSDP). Each data-parallel rank reads batch_size / (dp_replicate · dp_shard) of every
+    micro-batch, so a step sees the same tokens at any layout. `mai plan` suggests these values.
+    """
+
+    dp_replicate: int = Field(1, gt=0, description="Data-parallel replicas of a shard group (HSDP); 1: plain FSDP.")
+    dp_shard: int = Field(-1, ge=-1, description="FSDP2 shard degree; -1: every process tp and dp_replicate leave.")
+    tp: int = Field(1, gt=0, description="Tensor-parallel degree (splits heads and MLP columns).")
+    activation_checkpoint: Literal["none", "selective", "full"] = Field(
+        "none",
+        description="Recompute in the backward: full blocks, or selective (keep matmul and attention outputs).",
+    )
+    param_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="FSDP2's compute dtype of gathered parameters; auto follows train.precision."
+    )
+    reduce_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of FSDP2's gradient reductions.")
+    timeout_s: int = Field(600, gt=0, description="Seconds a collective waits for a lost process before failing.")
+
+
 class RunConfig(Section):
     """Everything one run needs; saved fully resolved as the run's config.toml."""
 
@@ -372,6 +396,7 @@ class RunConfig(Section):
     sample: SampleConfig = Field(SampleConfig(), description=SampleConfig.__doc__)
     synth: SynthConfig = Field(SynthConfig(), description=SynthConfig.__doc__.splitlines()[0])
     distill: DistillConfig = Field(DistillConfig(), description=DistillConfig.__doc__.splitlines()[0])
+    parallel: ParallelConfig = Field(ParallelConfig(), description=ParallelConfig.__doc__.splitlines()[0])
 
     @model_validator(mode="after")
     def _check_seq_len(self) -> "RunConfig":

@@ -85,9 +85,46 @@ def checkpoint_weights(checkpoint: Path, config: ModelConfig, device="cpu") -> t
             f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
             "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
         )
+    if meta.sharded is not None:
+        return consolidate_sharded(checkpoint, meta, config, device), meta
     path = checkpoint / "model.safetensors"
     verify_sha256(path, meta.model_sha256, checkpoint_remedy(checkpoint))
     return split_fused_projections(load_file(path, device=str(device)), config), meta
+
+
+def verify_sharded(checkpoint: Path, meta: CheckpointMeta) -> None:
+    """Check every file of a distributed checkpoint's sharded/ folder against meta.json."""
+    from mai.run import checkpoint_remedy, verify_sha256
+
+    for name, sha256 in meta.sharded.items():
+        verify_sha256(checkpoint / "sharded" / name, sha256, checkpoint_remedy(checkpoint))
+
+
+def consolidate_sharded(checkpoint: Path, meta: CheckpointMeta, config: ModelConfig, device="cpu") -> dict:
+    """The whole model's state dict from a distributed checkpoint, in this one process: the weights that
+    `mai export`, `mai serve` and `mai eval` read, whatever layout wrote them."""
+    import torch
+
+    from mai.model.transformer import Transformer
+
+    verify_sharded(checkpoint, meta)
+    with torch.device("meta"):
+        shapes = Transformer(config).state_dict()
+    state = {name: torch.empty(t.shape, dtype=t.dtype, device=device) for name, t in shapes.items()}
+    read_sharded({"model": state}, checkpoint)
+    return state
+
+
+def read_sharded(state: dict, checkpoint: Path) -> None:
+    """Fill `state`'s tensors (whole, or this rank's shards) from the checkpoint's sharded/ folder."""
+    import warnings
+
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # one process reading is the point here, not a misconfiguration
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=checkpoint / "sharded", no_dist=not dist.is_initialized())
 
 
 def split_fused_projections(state: dict, config: ModelConfig) -> dict:

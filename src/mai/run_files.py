@@ -15,6 +15,8 @@ know; `remedy` says what to do about a bad file.
 """
 
 import base64
+import hashlib
+import json
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -100,12 +102,22 @@ class CheckpointMeta(RunFile):
     remedy: ClassVar[str] = "restore it, or delete this checkpoint's folder to fall back to the checkpoint before it"
 
     model: ModelConfig
-    model_sha256: str
+    model_sha256: str | None = optional(description="sha256 of model.safetensors; a sharded checkpoint has none.")
+    sharded: dict[str, str] | None = optional(
+        description="A distributed checkpoint's files under sharded/ (torch.distributed.checkpoint), with their sha256."
+    )
     tokenizer_sha256: str | None = None
     step: int
     data: DataPosition | None = optional()
     train_state_sha256: str | None = optional()
     imported_from: str | None = optional()
+
+    @property
+    def weights_sha256(self) -> str:
+        """What identifies these weights: model.safetensors' sha256, or for a sharded checkpoint a hash of its files'."""
+        if self.model_sha256 is not None:
+            return self.model_sha256
+        return hashlib.sha256(json.dumps(sorted(self.sharded.items())).encode()).hexdigest()
 
 
 class Sample(RunFile):

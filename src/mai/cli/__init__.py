@@ -5,6 +5,7 @@ code 2; anything else is a bug and keeps its traceback. `mai eval`'s subcommands
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -178,7 +179,8 @@ def train(
 
     run = RunDir(run_dir).require()
     record = train_run(run, resume=resume, config=apply_overrides(run.read_config(), set_ or []))
-    write(record.model_dump_json() + "\n")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        write(record.model_dump_json() + "\n")
 
 
 @app.command()

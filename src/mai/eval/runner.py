@@ -82,7 +82,7 @@ def evaluate(
         tasks=tasks,
         core=core_score(tasks),
         model=str(path),
-        model_sha256=read_checkpoint_meta(checkpoint).model_sha256 if checkpoint else None,
+        model_sha256=read_checkpoint_meta(checkpoint).weights_sha256 if checkpoint else None,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     if out is None and run is None:  # never write into a model directory we only read from (site-packages, say)

@@ -261,16 +261,23 @@ class Transformer(nn.Module):
         """
         generator = torch.Generator(device=self.tok_embeddings.weight.device)
         generator.manual_seed(0 if seed is None else seed)
-        std = self.config.init_std
-        residual_std = std / math.sqrt(2 * self.config.n_layers)
         for name, param in self.named_parameters():
-            if name.endswith(("wo.weight", "w2.weight")):
-                param.normal_(0.0, residual_std, generator=generator)
-            elif param.ndim == 2:
-                param.normal_(0.0, std, generator=generator)
-            else:
-                param.fill_(1.0)
+            self.init_parameter(name, param, generator)
         self.init_rope_tables()
+
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator) -> None:
+        """Fill `tensor` as init_weights fills parameter `name`, drawing from `generator`.
+
+        Parallel training (train/parallel.py) calls it with each parameter's whole tensor, in the
+        same order, and keeps its shard: a sharded model starts from the same weights as one process.
+        """
+        std = self.config.init_std
+        if name.endswith(("wo.weight", "w2.weight")):
+            tensor.normal_(0.0, std / math.sqrt(2 * self.config.n_layers), generator=generator)
+        elif tensor.ndim == 2:
+            tensor.normal_(0.0, std, generator=generator)
+        else:
+            tensor.fill_(1.0)
 
     def init_rope_tables(self) -> None:
         """Compute the RoPE tables on the embedding's device: they are not saved, so a model built on

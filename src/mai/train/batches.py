@@ -1,6 +1,7 @@
 """The order training reads its examples in: a seeded shuffle, epoch by epoch.
 
-The position (epoch, index) is all a checkpoint needs to continue the exact same sequence.
+The position (epoch, index) is all a checkpoint needs to continue the exact same sequence, at any
+number of data-parallel ranks: each reads its share of the same global batches.
 WindowSampler reads non-overlapping token windows; distillation's samplers (train/distill.py)
 read the same order and add the teacher's part of each batch.
 """
@@ -43,8 +44,11 @@ class ShuffledOrder:
 class WindowSampler(ShuffledOrder):
     """Yields (inputs, targets) batches of windows of seq_len + 1 tokens from one token array."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+    def __init__(
+        self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int, dp_rank: int = 0, dp_size: int = 1
+    ):
         self.tokens, self.seq_len = tokens, seq_len
+        self.dp_rank, self.dp_size = dp_rank, dp_size
         num_windows = (len(tokens) - 1) // seq_len
         if num_windows < batch_size:
             raise MaiError(
@@ -58,4 +62,7 @@ class WindowSampler(ShuffledOrder):
         return windows_to_batch(self.tokens, [w * self.seq_len for w in indices], self.seq_len)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.windows(self.next_indices())
+        """The next batch, or under data parallelism this rank's equal share of it (the order is global)."""
+        indices = self.next_indices()
+        share = len(indices) // self.dp_size
+        return self.windows(indices[self.dp_rank * share : (self.dp_rank + 1) * share])

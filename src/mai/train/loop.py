@@ -23,6 +23,7 @@ from mai.model.transformer import build_model
 from mai.precision import autocast, default_device, resolve_precision
 from mai.run import RunDir, append_metrics, read_metrics, truncate_metrics
 from mai.run_files import MetricsRecord
+from mai.train import parallel
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
 from mai.train.optim import build_optimizer, build_scheduler, use_optimizer_settings
@@ -56,6 +57,12 @@ def deterministic(device: torch.device):
         torch.utils.deterministic.fill_uninitialized_memory = previous[2]
 
 
+def describe(layout) -> str:
+    """A layout as the start-up line names it: "FSDP2 ×2, TP ×2"."""
+    parts = [("HSDP replicas", layout.dp_replicate), ("FSDP2", layout.dp_shard), ("TP", layout.tp)]
+    return ", ".join(f"{name} ×{size}" for name, size in parts if size > 1)
+
+
 def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
     with autocast(device, precision):
         logits = model(inputs.to(device))
@@ -77,19 +84,30 @@ def validation_loss(model, val_tokens, token_bytes: torch.Tensor, config: RunCon
     return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
 
-def train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, precision) -> tuple[float, float, float]:
+def train_step(
+    model, compute_loss, optimizer, scheduler, sampler, tc, device, precision, layout=None
+) -> tuple[float, float, float]:
     """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, lr used).
 
     A batch is (inputs, targets) and, for distillation, what the objective adds (the teacher's part).
+    Under FSDP2 only the last micro-batch reduces gradients across ranks; the loss is the mean over ranks.
     """
     loss = 0.0
-    for _ in range(tc.grad_accum):
+    for micro in range(tc.grad_accum):
+        if layout is not None and layout.dp_size > 1:
+            model.set_requires_gradient_sync(micro == tc.grad_accum - 1)
         micro_loss = compute_loss(model, *sampler.next_batch(), device, precision) / tc.grad_accum
         micro_loss.backward()
         loss += micro_loss.item()
+    if layout is not None:
+        loss = parallel.mean_over_ranks(loss, device)
     if not math.isfinite(loss):
         raise RuntimeError(f"loss became {loss}; lower train.lr or check the data")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")).item()
+    max_norm = tc.grad_clip or float("inf")
+    if layout is None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
+    else:
+        grad_norm = parallel.clip_grad_norm(model.parameters(), max_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -106,15 +124,33 @@ def train(
     checked, so a rejected run leaves the directory as it was. `objective(run, config, tokenizer,
     device, precision)` makes another objective than next-token cross-entropy (train/distill.py):
     an object whose `sampler(train_tokens)` gives the batches and whose `loss` scores them.
+
+    Under torchrun every process calls it: config.parallel lays them out (train/parallel.py), each
+    reads its share of every batch, and rank 0 alone writes metrics, config and checkpoint metadata.
     """
     config = config or run.read_config()
-    tc = config.train
     checkpoint = run.latest_checkpoint()
     if checkpoint is not None and not resume:
         raise MaiError(
             f"{run.path} already has {checkpoint.name}; pass --resume to continue it, or use a new run directory"
         )
     device = torch.device(device) if device else default_device()
+    layout = parallel.start(config.parallel, device.type)
+    if layout is None:
+        return _train(run, config, checkpoint, resume, device, objective, None)
+    if objective is not None:
+        raise MaiError("mai distill runs in one process for now; start it without torchrun")
+    try:
+        return _train(run, config, checkpoint, resume, layout.device, objective, layout)
+    finally:
+        parallel.stop()
+
+
+def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, objective, layout) -> MetricsRecord:
+    tc = config.train
+    main = layout is None or layout.is_main
+    if layout is not None:
+        parallel.check_divisible(config.model, layout, tc.batch_size)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     precision = resolve_precision(tc.precision, device)
@@ -126,28 +162,35 @@ def train(
     )
 
     torch.manual_seed(tc.seed)
-    model = build_model(config.model, seed=tc.seed, device=device)
+    if layout is None:
+        model = build_model(config.model, seed=tc.seed, device=device)
+    else:
+        model = parallel.build_parallel_model(config.model, layout, config.parallel, precision, tc.compile, tc.seed)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     check_validation_tokens(val_tokens, tc.seq_len)
     if objective is None:
-        sampler, compute_loss = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed), loss_fn
+        dp = (layout.dp_rank, layout.dp_size) if layout is not None else (0, 1)
+        sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed, *dp)
+        compute_loss = loss_fn
     else:
         made = objective(run, config, tokenizer, device, precision)
         sampler, compute_loss = made.sampler(train_tokens), made.loss
     start_step = 0
     if checkpoint is not None:
-        meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config)
+        meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config, layout)
         check_tokenizer_matches(run, meta.tokenizer_sha256, "this model was trained with")
         sampler.load_state_dict(meta.data.model_dump())
         start_step = meta.step
         use_optimizer_settings(optimizer, scheduler, tc)
-        console.print(f"resuming {run.path} from step {start_step}")
-    elif resume:
+        if main:
+            console.print(f"resuming {run.path} from step {start_step}")
+    elif resume and main:
         console.print(f"{run.path} has no checkpoint yet: training from step 0")
     # Compiling model and loss together lets inductor fuse the norms, RoPE, SwiGLU and the
-    # log-softmax of the loss: ~1.4× the eager tokens/s of the tiny preset on a 2-core CPU.
-    compute_loss = torch.compile(compute_loss) if tc.compile else compute_loss
+    # log-softmax of the loss: ~1.4× the eager tokens/s of the tiny preset on a 2-core CPU. Under
+    # torchrun each block is compiled instead (build_parallel_model): FSDP2's hooks sit between them.
+    compute_loss = torch.compile(compute_loss) if tc.compile and layout is None else compute_loss
 
     info = model_info(config.model, tc.seq_len)
     tokens_per_step = tc.batch_size * tc.seq_len * tc.grad_accum
@@ -161,16 +204,19 @@ def train(
     if start_step == 0:
         record = MetricsRecord(step=0, **validation_loss(model, val_tokens, token_bytes, config, device, precision))
     # Only now, with every input checked and the first evaluation done, does the run change.
-    if config != run.read_config():
-        run.write_config(config)
-    truncate_metrics(run, start_step if checkpoint is not None else -1)
-    if record is not None:
-        append_metrics(run, record)
-
-    console.print(
-        f"training {info['params'] / 1e6:.2f}M parameters on {device.type} in {precision}, "
-        f"{tokens_per_step} tokens/step, steps {start_step}→{tc.steps}"
-    )
+    if main:
+        if config != run.read_config():
+            run.write_config(config)
+        truncate_metrics(run, start_step if checkpoint is not None else -1)
+        if record is not None:
+            append_metrics(run, record)
+        where = device.type if layout is None else f"{layout.world_size} processes ({describe(layout)})"
+        console.print(
+            f"training {info['params'] / 1e6:.2f}M parameters on {where} in {precision}, "
+            f"{tokens_per_step} tokens/step, steps {start_step}→{tc.steps}"
+        )
+    if layout is not None:
+        parallel.barrier()  # no rank logs a step before rank 0 has truncated the metrics
     columns = [
         TextColumn("[bold]train"),
         BarColumn(),
@@ -178,21 +224,24 @@ def train(
         TextColumn("{task.fields[status]}"),
         TimeRemainingColumn(),
     ]
-    with deterministic(device), Progress(*columns, console=console) as progress:
+    with deterministic(device), Progress(*columns, console=console, disable=not main) as progress:
         task = progress.add_task("train", total=tc.steps, completed=start_step, status="")
         window_start, window_tokens = time.perf_counter(), 0
         for step in range(start_step + 1, tc.steps + 1):
-            loss, grad_norm, lr = train_step(model, compute_loss, optimizer, scheduler, sampler, tc, device, precision)
+            loss, grad_norm, lr = train_step(
+                model, compute_loss, optimizer, scheduler, sampler, tc, device, precision, layout
+            )
             window_tokens += tokens_per_step
             if step % tc.log_every == 0 or step == tc.steps or step % tc.eval_every == 0:
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 validation = {}
                 if step % tc.eval_every == 0 or step == tc.steps:
                     validation = validation_loss(model, val_tokens, token_bytes, config, device, precision)
-                    progress.console.print(
-                        f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {validation['val_loss']:.4f}, "
-                        f"val_bpb {validation['val_bpb']:.4f}, {tokens_per_s:,.0f} tokens/s"
-                    )
+                    if main:
+                        progress.console.print(
+                            f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {validation['val_loss']:.4f}, "
+                            f"val_bpb {validation['val_bpb']:.4f}, {tokens_per_s:,.0f} tokens/s"
+                        )
                 record = MetricsRecord(
                     step=step,
                     loss=loss,
@@ -203,12 +252,13 @@ def train(
                     flops_per_s=tokens_per_s * info["flops_per_token"],
                     **validation,
                 )
-                append_metrics(run, record)
+                if main:
+                    append_metrics(run, record)
                 window_start, window_tokens = time.perf_counter(), 0
                 progress.update(task, status=f"loss {loss:.3f} · {tokens_per_s:,.0f} tok/s")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 save_checkpoint(
-                    run, step, model, optimizer, scheduler, sampler.state_dict(), config, tc.keep_checkpoints
+                    run, step, model, optimizer, scheduler, sampler.state_dict(), config, tc.keep_checkpoints, layout
                 )
             progress.update(task, completed=step)
     return record

@@ -13,14 +13,21 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     The fused implementation updates all parameters in one kernel: 2-4× faster than the default
     (foreach) on CPU (tiny: 4 ms a step instead of 10-15), and torchtitan's choice on GPUs.
     """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (decay if param.ndim == 2 and "tok_embeddings" not in name else no_decay).append(param)
+    parameters = dict(model.named_parameters())
+    decay, no_decay = ([parameters[name] for name in group] for group in parameter_groups(model))
     groups = [
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8, fused=True)
+
+
+def parameter_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the parameters weight decay applies to, and of the rest, in the optimizer's order."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim == 2 and "tok_embeddings" not in name else no_decay).append(name)
+    return decay, no_decay
 
 
 def lr_multiplier(step: int, config: TrainConfig) -> float:
