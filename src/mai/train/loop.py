@@ -26,7 +26,7 @@ from mai.run_files import MetricsRecord
 from mai.train import parallel
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
-from mai.train.optim import build_optimizer, build_scheduler, use_optimizer_settings
+from mai.train.optim import build_optimizer, build_scheduler, clip_grad_norm, use_optimizer_settings
 
 
 @contextlib.contextmanager
@@ -103,11 +103,7 @@ def train_step(
         loss = parallel.mean_over_ranks(loss, device)
     if not math.isfinite(loss):
         raise RuntimeError(f"loss became {loss}; lower train.lr or check the data")
-    max_norm = tc.grad_clip or float("inf")
-    if layout is None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
-    else:
-        grad_norm = parallel.clip_grad_norm(model.parameters(), max_norm)
+    grad_norm = clip_grad_norm(model.parameters(), tc.grad_clip or float("inf"))
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()

@@ -3,6 +3,7 @@
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from mai.config import TrainConfig
 
@@ -28,6 +29,27 @@ def parameter_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
     for name, param in model.named_parameters():
         (decay if param.ndim == 2 and "tok_embeddings" not in name else no_decay).append(name)
     return decay, no_decay
+
+
+def clip_grad_norm(parameters, max_norm: float) -> float:
+    """Scale gradients down to a global norm of max_norm; return the norm before scaling.
+
+    The norm sums each gradient's squares in float64: torch's float32 norm of an embedding's
+    gradient (a few large rows among many zeros) is off by up to 3e-4 on CPUs, and differently for
+    each of its shards, so one process and FSDP2 clipped by different amounts. Sharded gradients
+    (DTensors, which tensor parallelism mixes with plain replicated ones) count every rank's part.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    for grad in grads:
+        norm = torch.linalg.vector_norm(grad, dtype=torch.float64)
+        total += (norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2
+    norm = total.sqrt().item()
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for grad in grads:
+            grad.mul_(scale)
+    return norm
 
 
 def lr_multiplier(step: int, config: TrainConfig) -> float:

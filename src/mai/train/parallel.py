@@ -188,24 +188,6 @@ def initialise(model: Transformer, seed: int, device: torch.device) -> None:
     model.init_rope_tables()
 
 
-def clip_grad_norm(parameters, max_norm: float) -> float:
-    """The global gradient norm over every rank's shards, with gradients scaled down to max_norm.
-
-    Tensor parallelism leaves norms and the embedding as plain replicated tensors beside sharded
-    DTensors, a mix torch's clip_grad_norm_ cannot stack."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.zeros((), device=grads[0].device)
-    for grad in grads:
-        norm = torch.linalg.vector_norm(grad, dtype=torch.float32)
-        total += (norm.full_tensor() if isinstance(norm, DTensor) else norm) ** 2
-    total = total.sqrt()
-    scale = max_norm / (total.item() + 1e-6)
-    if scale < 1:
-        for grad in grads:
-            grad.mul_(scale)
-    return total.item()
-
-
 def mean_over_ranks(value: float, device: torch.device) -> float:
     """The average of a number over all ranks (the loss: each data-parallel rank saw its share of the batch)."""
     tensor = torch.tensor(value, dtype=torch.float64, device=device)
