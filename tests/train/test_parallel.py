@@ -4,6 +4,7 @@ run whose rank was killed with SIGKILL resumes to the weights of a run never int
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,8 +13,10 @@ import pytest
 import torch
 
 from conftest import copy_run, metric_records, run_mai
+from mai.config import apply_overrides
 from mai.loading import checkpoint_weights
 from mai.run import RunDir, atomic_write_text
+from slurm_stand_in import slurm_stand_in
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +152,27 @@ def rank_pid(launcher: int, rank: int) -> int:
         if f"RANK={rank}".encode() in environ:
             return int(pid)
     raise AssertionError(f"torchrun ({launcher}) has no process for rank {rank} among {children}")
+
+
+def test_the_slurm_script_trains_the_run_under_torchrun(prepared_run, one_process, tmp_path):
+    """`mai launch slurm --submit` through a stand-in sbatch; the queued script, run as its node would
+    run it, starts torchrun and trains the run as two FSDP2 processes do."""
+    env = slurm_stand_in(tmp_path / "slurm")
+    run = copy_run(prepared_run, tmp_path / "run")
+    run.write_config(apply_overrides(run.read_config(), SHORT))
+    launch = ["launch", "slurm", str(run.path), "--nodes", "1", "--gpus-per-node", "2", "--time", "00:10:00"]
+    out = run_mai(*launch, "--port", str(free_port()), "--submit", env=env).stdout
+    assert "Submitted batch job 1" in out
+    job = tmp_path / "slurm" / "queue" / "000001"
+    assert "#SBATCH --nodes=1" in job.read_text() and "#SBATCH --time=00:10:00" in job.read_text()
+    node = {**env, "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "1"}
+    done = subprocess.run(["bash", str(job)], env=node, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    got = losses(run)
+    assert got == pytest.approx(losses(one_process), abs=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

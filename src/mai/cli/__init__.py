@@ -24,6 +24,7 @@ app = typer.Typer(
     help="mai: data → tokenizer → train → generate → export.",
 )
 model_app = typer.Typer(no_args_is_help=True, help="Model shapes and sizes.")
+launch_app = typer.Typer(no_args_is_help=True, help="Start training on a cluster.")
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data.")
 tokenizer_app = typer.Typer(no_args_is_help=True, help="Train the BPE tokenizer.")
 config_app = typer.Typer(no_args_is_help=True, help="Presets and resolved configs.")
@@ -31,6 +32,7 @@ export_app = typer.Typer(no_args_is_help=True, help="Export a run to other forma
 import_app = typer.Typer(no_args_is_help=True, help="Import checkpoints from other formats.")
 for sub, name in [
     (model_app, "model"),
+    (launch_app, "launch"),
     (data_app, "data"),
     (tokenizer_app, "tokenizer"),
     (config_app, "config"),
@@ -107,12 +109,61 @@ def model_info_cmd(
     """Parameters, FLOPs per token and memory, computed on the meta device (nothing allocated)."""
     from mai.config import load_config
     from mai.model.info import format_info, model_info
+    from mai.plan import one_device_memory
 
     config = load_config(preset, set_ or [])
-    info = model_info(config.model, config.train.seq_len)
-    write(
-        json.dumps({"preset": config.preset, **info}, indent=2) + "\n" if as_json else format_info(config.preset, info)
-    )
+    tc = config.train
+    info = model_info(config.model, tc.seq_len)
+    memory = one_device_memory(config.model, tc.seq_len, tc.batch_size, tc.precision)
+    if as_json:
+        write(json.dumps({"preset": config.preset, **info, "training_memory_bytes": memory}, indent=2) + "\n")
+    else:
+        write(format_info(config.preset, info, memory))
+
+
+@launch_app.command("slurm")
+def launch_slurm(
+    run_dir: RunArg,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes to train on.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(min=1, help="GPUs (processes) per node.")] = 8,
+    partition: Annotated[str, typer.Option(help="Slurm partition (empty: the cluster's default).")] = "",
+    time: Annotated[str, typer.Option(help="Time limit, e.g. 48:00:00 (empty: the partition's).")] = "",
+    account: Annotated[str, typer.Option(help="Slurm account to charge (empty: your default).")] = "",
+    port: Annotated[int, typer.Option(help="Rendezvous port on the first node.")] = 29500,
+    submit: Annotated[bool, typer.Option(help="Submit it with sbatch too.")] = False,
+):
+    """Write RUN/launch/train.sbatch: torchrun on every node runs `mai train RUN --resume`."""
+    from mai.run import RunDir
+    from mai.train.launch import slurm_script, write_slurm_script
+    from mai.train.launch import submit as submit_script
+
+    run = RunDir(run_dir).require()
+    options = {k: v for k, v in (("partition", partition), ("time", time), ("account", account)) if v}
+    script = write_slurm_script(run, slurm_script(run, run.read_config(), nodes, gpus_per_node, options, port))
+    write(f"{script}\n")
+    if submit:
+        write(submit_script(script) + "\n")
+
+
+@app.command()
+def plan(
+    preset: Annotated[str, typer.Option(help="Preset name or .toml path.")] = "mai-1",
+    gpus: Annotated[int, typer.Option(help="GPUs to train on.")] = 1024,
+    gpu: Annotated[str, typer.Option(help="GPU kind: h100, h200, a100, b200 (or cpu).")] = "h100",
+    tokens: Annotated[str, typer.Option(help="Training tokens, e.g. 10T, 500B.")] = "1T",
+    mfu: Annotated[float, typer.Option(help="Model FLOPs utilisation, end to end.")] = 0.40,
+    batch_tokens: Annotated[str, typer.Option(help="Tokens per step (default: 4M, or a sequence per rank).")] = "",
+    layout: Annotated[str, typer.Option(help="Evaluate one layout instead: tp=8,pp=16,dp=128.")] = "",
+    ac: Annotated[str, typer.Option(help="With --layout: activation checkpointing none|selective|full.")] = "none",
+    set_: Overrides = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+):
+    """Per-GPU memory, step time, tokens/day and GPU-hours of every layout on a cluster; recommends one."""
+    from mai.config import load_config
+    from mai.plan import plan_command
+
+    config = load_config(preset, set_ or [])
+    write(plan_command(config, gpus, gpu, tokens, mfu, batch_tokens, layout, ac, as_json))
 
 
 @data_app.command("prepare")

@@ -1,4 +1,4 @@
-"""Model size facts computed on the meta device: parameters by component, FLOPs per token, memory."""
+"""Model size facts computed on the meta device: parameters by component, FLOPs per token, weight bytes."""
 
 import torch
 
@@ -36,21 +36,21 @@ def model_info(config: ModelConfig, seq_len: int | None = None) -> dict:
         "seq_len": seq_len,
         "flops_per_token": 6 * matmul_params + attention_flops,
         "memory_bf16_weights_bytes": 2 * params,
-        # bf16 weights + fp32 master copy, gradient and two Adam moments: 2 + 4 + 4 + 8 bytes.
-        "memory_training_bytes": 18 * params,
         "kv_cache_bytes_per_token_bf16": 2 * 2 * config.n_layers * config.kv_heads * config.head_dim,
     }
 
 
-def format_info(name: str, info: dict) -> str:
-    """model_info as `mai model info` prints it."""
+def format_info(name: str, info: dict, training_memory: dict[str, float]) -> str:
+    """model_info as `mai model info` prints it, with the training memory of one device by part (mai.plan)."""
     params = info["params"]
     lines = [f"{name}: {params:,} parameters ({params / 1e9:.3f}B)"]
     lines += [f"  {part:<10} {count:>18,}  {100 * count / params:5.1f}%" for part, count in info["breakdown"].items()]
     lines += [
         f"training FLOPs/token  {info['flops_per_token']:.3e}  (seq_len {info['seq_len']})",
         f"weights in bf16       {info['memory_bf16_weights_bytes'] / 2**30:,.2f} GiB",
-        f"training state        {info['memory_training_bytes'] / 2**30:,.2f} GiB  (bf16 + fp32 master, grads, Adam)",
+        f"training, one device  {sum(training_memory.values()) / 2**30:,.2f} GiB at train.batch_size and seq_len:",
+        *(f"  {part:<30} {size / 2**30:>10,.2f} GiB" for part, size in training_memory.items()),
+        "  (`mai plan` splits it over GPUs)",
         f"KV cache per token    {info['kv_cache_bytes_per_token_bf16'] / 2**10:,.1f} KiB (bf16)",
     ]
     return "\n".join(lines) + "\n"

@@ -161,7 +161,7 @@ def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 def apply_fsdp(model: Transformer, layout: Layout, parallel: ParallelConfig, precision: str) -> None:
-    """Shard each block, then the rest (embedding, final norm, head), over the data-parallel mesh.
+    """Shard each block, the embedding and the head, then the rest (final norm), over the data-parallel mesh.
 
     Parameters are gathered in param_dtype for compute; gradients are reduced in reduce_dtype (fp32
     by default, so summing many ranks' bf16 gradients loses nothing)."""
@@ -172,6 +172,11 @@ def apply_fsdp(model: Transformer, layout: Layout, parallel: ParallelConfig, pre
     mesh = layout.mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else layout.mesh["dp_shard"]
     for block in model.layers:
         fully_shard(block, mesh=mesh, mp_policy=policy)
+    if model.output is not None:
+        # Their own groups, so the embedding is freed after its lookup and the head after its backward;
+        # a tied head reads the embedding's weight outside its module, so both stay with the root.
+        fully_shard(model.tok_embeddings, mesh=mesh, mp_policy=policy)
+        fully_shard(model.output, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
     fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
