@@ -384,6 +384,17 @@ class ParallelConfig(Section):
     reduce_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of FSDP2's gradient reductions.")
     timeout_s: int = Field(600, gt=0, description="Seconds a collective waits for a lost process before failing.")
 
+    def shard_degree(self, world_size: int, what: str) -> int:
+        """dp_shard for `world_size` processes (resolving -1); an error unless the mesh uses them all."""
+        shard = self.dp_shard if self.dp_shard != -1 else world_size // (self.tp * self.dp_replicate)
+        if self.dp_replicate * shard * self.tp != world_size:
+            raise MaiError(
+                f"parallel.dp_replicate × dp_shard × tp ({self.dp_replicate} × {shard} × {self.tp}) must equal the "
+                f"{world_size} {what}; set parallel.dp_shard = -1 to use every one that tp and dp_replicate leave",
+                parameter="parallel.dp_shard",
+            )
+        return shard
+
 
 class RunConfig(Section):
     """Everything one run needs; saved fully resolved as the run's config.toml."""

@@ -124,6 +124,40 @@ def validate_run_file(data: Any, model: type[RunFileT]) -> tuple[RunFileT | None
         return None, f"missing key {where!r}" if item["type"] == "missing" else f"{where}: {item['msg']}"
 
 
+class TokenShards:
+    """Memory-mapped shards indexed as one array: a slice reads only the shards it spans. Whole-array
+    operations need np.asarray(tokens), which reads them all."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+        self.starts = np.cumsum([0] + [len(a) for a in arrays])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int | slice):
+        if not isinstance(index, slice):
+            position = index + len(self) if index < 0 else index
+            shard = int(np.searchsorted(self.starts, position, side="right")) - 1
+            return self.arrays[shard][position - self.starts[shard]]
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise IndexError("TokenShards takes contiguous slices")
+        pieces = []
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < stop:
+            offset = start - self.starts[shard]
+            piece = self.arrays[shard][offset : offset + stop - start]
+            pieces.append(piece)
+            start += len(piece)
+            shard += 1
+        return np.concatenate(pieces) if pieces else self.arrays[0][:0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.concatenate(self.arrays)
+        return whole if dtype is None else whole.astype(dtype)
+
+
 class RunDir:
     """Paths of one run directory and the checks made when reading it."""
 
@@ -170,8 +204,11 @@ class RunDir:
             raise MaiError(f"{self.path} has no prepared data; run `mai data prepare {self.path}`")
         return read_json(self.manifest_path, Manifest)
 
-    def read_tokens(self, split: str) -> np.ndarray:
-        """All token ids of a split, memory-mapped from its shards after checking each sha256."""
+    def read_tokens(self, split: str) -> "np.ndarray | TokenShards":
+        """All token ids of a split, memory-mapped from its shards after checking each sha256.
+
+        Several shards are read as one array without concatenating them (TokenShards): training
+        reads only its windows, and under torchrun each rank only its own share of them."""
         manifest = self.read_manifest()
         arrays = []
         for shard in manifest.shards:
@@ -181,7 +218,7 @@ class RunDir:
                 arrays.append(np.memmap(path, dtype=manifest.dtype, mode="r"))
         if not arrays:
             raise MaiError(f"{self.manifest_path} lists no {split} shards; rerun `mai data prepare {self.path}`")
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        return arrays[0] if len(arrays) == 1 else TokenShards(arrays)
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step_{step:07d}"

@@ -1,5 +1,5 @@
 """Run by tests/model/test_tensor_parallel.py under torchrun: one transformer block, and the whole
-model, split over a 2-process gloo mesh by torch's ColwiseParallel/RowwiseParallel, against the
+model, split over a 2-process gloo mesh by training's TP_PLAN (train/parallel.py), against the
 same weights in one process. Rank 0 writes the largest differences as JSON to argv[1]."""
 
 import json
@@ -8,22 +8,11 @@ import sys
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import parallelize_module
 
 from mai.config import load_config
 from mai.model.transformer import build_model
-
-# What each rank holds: its heads of q, k and v and its columns of w1 and w3 (column-wise), the
-# matching rows of wo and w2 (row-wise, whose outputs are summed across ranks).
-BLOCK_PLAN = {
-    "attention.wq": ColwiseParallel(),
-    "attention.wk": ColwiseParallel(),
-    "attention.wv": ColwiseParallel(),
-    "attention.wo": RowwiseParallel(),
-    "feed_forward.w1": ColwiseParallel(),
-    "feed_forward.w3": ColwiseParallel(),
-    "feed_forward.w2": RowwiseParallel(),
-}
+from mai.train.parallel import TP_PLAN
 
 
 def main(out: str) -> None:
@@ -40,7 +29,7 @@ def main(out: str) -> None:
     with torch.no_grad():
         block_alone, logits_alone = block(x, cos, sin), model(tokens)
         for layer in model.layers:
-            parallelize_module(layer, mesh, BLOCK_PLAN)
+            parallelize_module(layer, mesh, TP_PLAN)
         block_split, logits_split = block(x, cos, sin), model(tokens)
     differences = {
         "block": (block_split - block_alone).abs().max().item(),

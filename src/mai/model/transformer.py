@@ -246,8 +246,9 @@ class Transformer(nn.Module):
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at][:, None]  # (B, 1, D)
         x = self.norm(x)
-        head = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(x, head)  # (B, T, V)
+        if self.output is not None:
+            return self.output(x)  # (B, T, V); called as a module, so FSDP2 gathers it (train/parallel.py)
+        return F.linear(x, self.tok_embeddings.weight)  # (B, T, V)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

@@ -25,13 +25,7 @@ def slurm_script(
             f"parallel.tp ({pc.tp}) exceeds --gpus-per-node ({gpus_per_node}); keep tensor parallelism within a node",
             parameter="parallel.tp",
         )
-    shard = pc.dp_shard if pc.dp_shard != -1 else world // (pc.tp * pc.dp_replicate)
-    if pc.dp_replicate * shard * pc.tp != world:
-        raise MaiError(
-            f"parallel.dp_replicate × dp_shard × tp ({pc.dp_replicate} × {shard} × {pc.tp}) must equal the "
-            f"{world} GPUs of {nodes} nodes × {gpus_per_node}; set parallel.dp_shard = -1 to use them all",
-            parameter="parallel.dp_shard",
-        )
+    pc.shard_degree(world, f"GPUs of {nodes} nodes × {gpus_per_node}")
     path = run.path.resolve()
     settings = {
         "job-name": f"mai-{path.name}",

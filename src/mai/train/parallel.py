@@ -36,6 +36,8 @@ SAVED_OPS = {
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
 }
 
+# What each rank holds: its heads of q, k and v and its columns of w1 and w3 (column-wise), the
+# matching rows of wo and w2 (row-wise, whose outputs are summed across ranks).
 TP_PLAN = {
     "attention.wq": ColwiseParallel(),
     "attention.wk": ColwiseParallel(),
@@ -71,13 +73,7 @@ def start(config: ParallelConfig, device_type: str) -> Layout | None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return None
-    dp_shard = config.dp_shard if config.dp_shard != -1 else world_size // (config.tp * config.dp_replicate)
-    if config.dp_replicate * dp_shard * config.tp != world_size:
-        raise MaiError(
-            f"parallel.dp_replicate ({config.dp_replicate}) × dp_shard ({dp_shard}) × tp ({config.tp}) must equal "
-            f"the {world_size} processes torchrun started; set parallel.dp_shard = -1 to use every process left",
-            parameter="parallel.dp_shard",
-        )
+    dp_shard = config.shard_degree(world_size, "processes torchrun started")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device(device_type)
     if device_type == "cuda":
