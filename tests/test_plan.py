@@ -99,7 +99,9 @@ def test_model_info_shows_training_memory_by_part():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-@pytest.mark.parametrize("layout", [[], ["parallel.tp=2"]], ids=["fsdp", "tp"])
+@pytest.mark.parametrize(
+    "layout", [[], ["parallel.tp=2"], ["train.loss_chunk=256"]], ids=["fsdp", "tp", "fsdp-chunked-loss"]
+)
 def test_planned_memory_is_within_15_percent_of_the_measured_peak(preset, layout):
     """Two gloo processes train three steps; the peak bytes torch allocated (its profiler's memory
     events, as torch.cuda.max_memory_allocated would count on a GPU) against mai.plan's figure."""

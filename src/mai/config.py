@@ -237,6 +237,11 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1, description="AdamW's first-moment decay.")
     beta2: float = Field(0.95, ge=0, lt=1, description="AdamW's second-moment decay.")
     grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm; 0 disables clipping.")
+    loss_chunk: int = Field(
+        0,
+        ge=0,
+        description="Tokens whose logits the loss computes at once, recomputed in the backward (0: all).",
+    )
     seed: int = Field(1337, description="Seed of init, data order and sampling.")
     precision: Precision = Field(
         "auto", description="auto: bf16 autocast on CUDA or on CPUs with native bf16 matmul, else fp32."

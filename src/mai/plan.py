@@ -12,7 +12,7 @@ import functools
 import math
 from dataclasses import asdict, dataclass, field
 
-from mai.config import ModelConfig
+from mai.config import ModelConfig, TrainConfig
 from mai.errors import MaiError
 from mai.model.info import model_info as _model_info
 
@@ -60,6 +60,7 @@ class Assumptions:
     reduce_bytes: int = 4  # and reduces fp32 gradients
     state_bytes: int = 16  # fp32 parameter, gradient and two AdamW moments per parameter
     usable_memory: float = 0.90  # the rest goes to the CUDA context, NCCL buffers and fragmentation
+    loss_chunk: int = 0  # train.loss_chunk: tokens whose logits exist at once (0: all)
 
 
 @dataclass
@@ -115,8 +116,10 @@ def memory_per_gpu(model: ModelConfig, seq_len: int, tp: int, pp: int, dp: int, 
         "activations": activations,
         # the block whose backward is running recomputes all it saved
         "recompute": tokens * a.activation_bytes * whole_layer if checkpointing != "none" else 0.0,
-        # logits in the compute dtype, their fp32 copy and log-softmax, and the gradient
-        "logits and loss": tokens * model.vocab_size * (a.activation_bytes + 12),
+        # at the loss's backward: the fp32 log-softmax it saved, and the gradients into and out of
+        # it, 12 bytes a logit; chunked, one chunk's worth, plus the final norm's output it recomputes from
+        "logits and loss": min(tokens, a.loss_chunk or tokens) * model.vocab_size * 12
+        + (tokens * d * a.activation_bytes if a.loss_chunk else 0),
     }
     if dp > 1:
         # FSDP2 gathers one block while the next prefetches and holds one block's unsharded gradient;
@@ -129,12 +132,14 @@ def memory_per_gpu(model: ModelConfig, seq_len: int, tp: int, pp: int, dp: int, 
     return memory
 
 
-def one_device_memory(model: ModelConfig, seq_len: int, batch_size: int, precision: str) -> dict:
+def one_device_memory(model: ModelConfig, train: TrainConfig) -> dict:
     """What training takes on one device, no sharding or checkpointing (`mai model info`)."""
-    activation_bytes = 4 if precision == "fp32" else 2
-    return memory_per_gpu(
-        model, seq_len, 1, 1, 1, "none", Assumptions(micro_batch=batch_size, activation_bytes=activation_bytes)
+    a = Assumptions(
+        micro_batch=train.batch_size,
+        activation_bytes=4 if train.precision == "fp32" else 2,
+        loss_chunk=train.loss_chunk,
     )
+    return memory_per_gpu(model, train.seq_len, 1, 1, 1, "none", a)
 
 
 def evaluate(model: ModelConfig, gpu: Gpu, seq_len: int, layout: Layout, a: Assumptions) -> Layout:
@@ -289,7 +294,9 @@ def plan_command(config, gpus: int, gpu_name: str, tokens: str, mfu: float, batc
     # By default a step has 4M tokens, or one sequence per rank when TP 8 leaves more ranks than that.
     default_batch = max(4 * 2**20, gpus // min(8, gpu.per_node) * seq_len)
     a = Assumptions(
-        mfu=mfu, batch_tokens=int(parse_count(batch_tokens, "--batch-tokens")) if batch_tokens else default_batch
+        mfu=mfu,
+        batch_tokens=int(parse_count(batch_tokens, "--batch-tokens")) if batch_tokens else default_batch,
+        loss_chunk=config.train.loss_chunk,
     )
     if layout:
         tp, pp, dp = parse_layout(layout)
@@ -316,7 +323,8 @@ def format_plan(report: dict, planned_shown: int = 3) -> str:
         f"network {gpu['network'] / 1e9:,.0f} GB/s per GPU across nodes",
         f"  {a['state_bytes']} bytes/parameter of state sharded by FSDP2 (fp32 weight, gradient, AdamW moments), "
         f"gathered in {a['param_bytes']}-byte, reduced in {a['reduce_bytes']}-byte floats",
-        f"  activations {a['activation_bytes']} bytes; {a['usable_memory']:.0%} of GPU memory usable",
+        f"  activations {a['activation_bytes']} bytes; {a['usable_memory']:.0%} of GPU memory usable; "
+        f"loss over {a['loss_chunk'] or 'all'} tokens' logits at once (train.loss_chunk)",
         "  TP all-reduces are on the critical path; FSDP2 and pipeline traffic hide behind compute until it exceeds it",
         "",
         f"{'tp':>3} {'pp':>3} {'dp':>6} {'ckpt':>9} {'GiB/GPU':>8} {'step s':>8} {'comm s':>7} {'bubble':>6}  verdict",

@@ -37,12 +37,12 @@ def main(preset: str, overrides: list[str]) -> None:
         model = parallel.build_parallel_model(model_config, layout, config.parallel, "fp32", False, tc.seed)
         optimizer = build_optimizer(model, tc)
         for _ in range(3):
-            loss_fn(model, batch[:, :-1], batch[:, 1:], torch.device("cpu"), "fp32").backward()
+            loss_fn(model, batch[:, :-1], batch[:, 1:], torch.device("cpu"), "fp32", tc.loss_chunk).backward()
             clip_grad_norm(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     peak = peak_allocated(profile)
-    fp32 = Assumptions(micro_batch=rows, activation_bytes=4, param_bytes=4, reduce_bytes=4)
+    fp32 = Assumptions(micro_batch=rows, activation_bytes=4, param_bytes=4, reduce_bytes=4, loss_chunk=tc.loss_chunk)
     planned = memory_per_gpu(model_config, tc.seq_len, layout.tp, 1, layout.dp_size, "none", fp32)
     if layout.is_main:
         print(json.dumps({"measured": peak, "planned": planned}))

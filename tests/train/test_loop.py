@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import MAI, copy_run, metric_records, run_mai
-from mai.config import apply_overrides
+from mai.config import apply_overrides, load_config
+from mai.model.transformer import build_model
 from mai.run import default_mode
-from mai.train.loop import train
+from mai.train.loop import loss_fn, train
 
 
 def test_training_lowers_validation_bpb_and_logs_metrics(trained_run):
@@ -167,3 +168,22 @@ def test_a_finished_run_without_metrics_or_with_an_emptied_config(trained_run, t
     run.config_path.write_text("")
     result = run_mai("generate", str(run.path), "--prompt", "x", check=False)
     assert result.returncode == 2 and "config.toml is empty" in result.stderr
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_a_chunked_loss_gives_the_whole_loss_and_its_gradients(tie_embeddings):
+    """train.loss_chunk: logits 100 tokens at a time (not a divisor of the 2 × 130), recomputed in
+    the backward, against the loss over all logits at once."""
+    config = load_config("tiny", ["model.n_layers=2", f"model.tie_embeddings={str(tie_embeddings).lower()}"]).model
+    model = build_model(config, seed=0)
+    tokens = torch.randint(0, config.vocab_size, (2, 131), generator=torch.Generator().manual_seed(0))
+    results = []
+    for chunk in (0, 100):
+        model.zero_grad()
+        loss = loss_fn(model, tokens[:, :-1], tokens[:, 1:], torch.device("cpu"), "fp32", chunk)
+        loss.backward()
+        results.append((loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}))
+    (whole, whole_grads), (chunked, chunked_grads) = results
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)

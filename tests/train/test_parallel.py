@@ -105,12 +105,13 @@ def test_each_layout_gives_one_process_losses_and_weights(one_process, distribut
 
 
 def test_an_untied_head_in_its_own_fsdp2_group_matches_one_process(prepared_run, tmp_path):
-    """mai-1 and llama3-8b keep a separate output head, which FSDP2 shards as a group of its own."""
+    """mai-1 and llama3-8b keep a separate output head, which FSDP2 shards as a group of its own; the
+    chunked loss calls it chunk by chunk."""
     untied = [*SHORT, "model.tie_embeddings=false", "train.steps=6"]
     one = copy_run(prepared_run, tmp_path / "one")
     run_mai("train", str(one.path), *[arg for value in untied for arg in ("--set", value)])
     run = copy_run(prepared_run, tmp_path / "fsdp")
-    train_distributed(run, 2, untied)
+    train_distributed(run, 2, [*untied, "train.loss_chunk=100"])  # the head called per chunk, and again in backward
     assert losses(run) == pytest.approx(losses(one), abs=1e-5)
     assert_weights_close(final_weights(run), final_weights(one), atol=1e-5)
 

@@ -114,7 +114,7 @@ def model_info_cmd(
     config = load_config(preset, set_ or [])
     tc = config.train
     info = model_info(config.model, tc.seq_len)
-    memory = one_device_memory(config.model, tc.seq_len, tc.batch_size, tc.precision)
+    memory = one_device_memory(config.model, tc)
     if as_json:
         write(json.dumps({"preset": config.preset, **info, "training_memory_bytes": memory}, indent=2) + "\n")
     else:

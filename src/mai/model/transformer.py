@@ -218,8 +218,10 @@ class Transformer(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         logits_at: torch.Tensor | None = None,
+        head: bool = True,
     ) -> torch.Tensor:
-        """Logits (B, T, V) for tokens (B, T).
+        """Logits (B, T, V) for tokens (B, T); with head=False the final norm's output (B, T, D), which
+        a loss projects chunk by chunk (`project`) so the whole (B, T, V) never exists at once.
 
         Without a cache, tokens are a whole sequence from position 0 and attention is causal. With
         one, each row's tokens sit at its own positions (B, T) (default 0..T-1), their keys and values
@@ -246,9 +248,12 @@ class Transformer(nn.Module):
         if logits_at is not None:
             x = x[torch.arange(B, device=x.device), logits_at][:, None]  # (B, 1, D)
         x = self.norm(x)
-        if self.output is not None:
-            return self.output(x)  # (B, T, V); called as a module, so FSDP2 gathers it (train/parallel.py)
-        return F.linear(x, self.tok_embeddings.weight)  # (B, T, V)
+        return self.project(x) if head else x
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) of final-norm outputs (..., D). An untied head is called as a module, so
+        that FSDP2 gathers it (train/parallel.py)."""
+        return self.output(x) if self.output is not None else F.linear(x, self.tok_embeddings.weight)
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:

@@ -6,12 +6,14 @@ continues from exactly: same batches, same RNG, same optimizer state, bit-identi
 """
 
 import contextlib
+import functools
 import math
 import time
 
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.checkpoint import checkpoint
 
 from mai.bpb import bits_per_byte, check_validation_tokens, validation_windows
 from mai.config import RunConfig
@@ -63,10 +65,27 @@ def describe(layout) -> str:
     return ", ".join(f"{name} ×{size}" for name, size in parts if size > 1)
 
 
-def loss_fn(model, inputs, targets, device, precision) -> torch.Tensor:
+def loss_fn(model, inputs, targets, device, precision, chunk: int = 0) -> torch.Tensor:
+    """Mean next-token cross-entropy; with `chunk`, over that many tokens' logits at a time.
+
+    Chunked, each chunk's fp32 logits are freed after its loss and recomputed in the backward
+    (activation checkpointing of the head): at vocab 128k and 8k tokens a sequence, the whole
+    logits would take 4 GB in fp32, and their log-softmax and gradient as much again each.
+    """
+    targets = targets.to(device).flatten()
     with autocast(device, precision):
-        logits = model(inputs.to(device))
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten())
+        if not chunk:
+            return F.cross_entropy(model(inputs.to(device)).float().flatten(0, 1), targets)
+        hidden = model(inputs.to(device), head=False).flatten(0, 1)  # (B·T, D)
+        total = sum(
+            checkpoint(_summed_loss, model, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
+            for i in range(0, len(targets), chunk)
+        )
+    return total / len(targets)
+
+
+def _summed_loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model.project(hidden).float(), targets, reduction="sum")
 
 
 @torch.no_grad()
@@ -168,7 +187,7 @@ def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, obj
     if objective is None:
         dp = (layout.dp_rank, layout.dp_size) if layout is not None else (0, 1)
         sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed, *dp)
-        compute_loss = loss_fn
+        compute_loss = functools.partial(loss_fn, chunk=tc.loss_chunk) if tc.loss_chunk else loss_fn
     else:
         made = objective(run, config, tokenizer, device, precision)
         sampler, compute_loss = made.sampler(train_tokens), made.loss
