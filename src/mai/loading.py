@@ -78,6 +78,16 @@ def checkpoint_weights(checkpoint: Path, config: ModelConfig, device="cpu") -> t
     from mai.run import checkpoint_remedy, verify_sha256
 
     meta = read_checkpoint_meta(checkpoint)
+    check_model_config(checkpoint, meta, config)
+    if meta.sharded is not None:
+        return consolidate_sharded(checkpoint, meta, config, device), meta
+    path = checkpoint / "model.safetensors"
+    verify_sha256(path, meta.model_sha256, checkpoint_remedy(checkpoint))
+    return split_fused_projections(load_file(path, device=str(device)), config), meta
+
+
+def check_model_config(checkpoint: Path, meta: CheckpointMeta, config: ModelConfig) -> None:
+    """Refuse a checkpoint trained with another model config, naming the settings that differ."""
     if meta.model != config:
         saved, current = meta.model.model_dump(), config.model_dump()
         changed = sorted(k for k in saved if saved[k] != current[k])
@@ -85,11 +95,6 @@ def checkpoint_weights(checkpoint: Path, config: ModelConfig, device="cpu") -> t
             f"{checkpoint} was trained with a different model config ({', '.join(changed)} differ); "
             "model settings cannot change once a run has checkpoints: restore them or start a new run directory"
         )
-    if meta.sharded is not None:
-        return consolidate_sharded(checkpoint, meta, config, device), meta
-    path = checkpoint / "model.safetensors"
-    verify_sha256(path, meta.model_sha256, checkpoint_remedy(checkpoint))
-    return split_fused_projections(load_file(path, device=str(device)), config), meta
 
 
 def verify_sharded(checkpoint: Path, meta: CheckpointMeta) -> None:

@@ -19,7 +19,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from mai.errors import MaiError
-from mai.loading import checkpoint_weights, read_sharded, save_model_weights, verify_sharded
+from mai.loading import check_model_config, checkpoint_weights, read_sharded, save_model_weights, verify_sharded
 from mai.model.transformer import Transformer
 from mai.run import (
     RunDir,
@@ -136,8 +136,7 @@ def load_checkpoint(checkpoint: Path, model, optimizer, scheduler, config, layou
 
 def _load_sharded(checkpoint: Path, meta: CheckpointMeta, model, optimizer, config) -> None:
     """A distributed checkpoint into any layout: DCP reads each rank's part of every saved shard."""
-    if meta.model != config.model:
-        checkpoint_weights(checkpoint, config.model)  # raises, naming the settings that changed
+    check_model_config(checkpoint, meta, config.model)
     verify_sharded(checkpoint, meta)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
