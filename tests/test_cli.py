@@ -218,6 +218,7 @@ FROZEN_INTERFACE = {
     "eval lm-eval-tasks": ["--limit", "--tasks", "-t", "folder"],
     "eval run": ["--limit", "--out", "--precision", "--tasks", "-t", "path"],
     "eval tasks": [],
+    "export gguf": ["--dtype", "out", "run_dir"],
     "export hf": ["--dtype", "out", "run_dir"],
     "gateway": ["config"],
     "generate": [
@@ -256,6 +257,7 @@ FROZEN_INTERFACE = {
         "--set",
         "--tokens",
     ],
+    "quant-eval": ["--decode-tokens", "--text", "--tokens", "ggufs", "run_dir"],
     "report": ["run_dir"],
     "run": ["--run-dir", "--set", "preset"],
     "serve": [

@@ -1,23 +1,32 @@
 """Text in, text out: `mai generate` and the report's samples, over the KV-cache decoder."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from mai.console import say
 from mai.errors import MaiError
-from mai.loading import load_run_model
-from mai.model.decode import fuse_for_decoding, generate
-from mai.precision import Precision, cast_for_decoding
+from mai.loading import load_pretrained, load_run_model, prepare_for_decoding
+from mai.model.decode import generate
+from mai.precision import InferencePrecision
 from mai.run import RunDir, write_json
 from mai.run_files import Sample, Samples
 
 
-def load_for_generation(run: RunDir, precision: Precision = "auto"):
-    """(model, config, tokenizer) ready to decode: weights in the decoding precision (cast_for_decoding),
-    projections fused (fuse_for_decoding)."""
+def load_for_generation(run: RunDir, precision: InferencePrecision = "auto"):
+    """(model, config, tokenizer) ready to decode (loading.prepare_for_decoding)."""
     model, config, tokenizer = load_run_model(run)
-    return fuse_for_decoding(cast_for_decoding(model, precision)), config, tokenizer
+    return prepare_for_decoding(model, precision), config, tokenizer
+
+
+def load_model_for_generation(path: Path, precision: InferencePrecision = "auto"):
+    """(model, tokenizer) ready to decode from a run directory or a .gguf file (`mai export gguf`'s, say)."""
+    if path.suffix == ".gguf" and path.is_file():
+        model, tokenizer, _ = load_pretrained(path)
+        return prepare_for_decoding(model, precision), tokenizer
+    model, _, tokenizer = load_for_generation(RunDir(path).require(), precision)
+    return model, tokenizer
 
 
 def completion_pieces(

@@ -6,7 +6,7 @@ A model is always built the same way: on the meta device, then the weights are a
 checked before use: a run's checkpoint against its sha256 and the run's model config, a transformers
 directory against its config.json key by key and shape by shape (model/hf.py).
 
-torch, safetensors and transformers are imported inside the functions that need them: the data
+torch, safetensors and gguf are imported inside the functions that need them: the data
 pipeline's workers import the tokenizer functions here and start faster without them.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 from mai.config import ModelConfig
 from mai.errors import MaiError
+from mai.precision import InferencePrecision, cast_for_decoding, weight_bits
 from mai.run import RunDir, atomic_write_json, atomic_write_text, default_mode, read_checkpoint_meta, sha256_file
 from mai.run_files import CheckpointMeta
-from mai.tokenizer import CHAT_TEMPLATE, Tokenizer
+from mai.tokenizer import Tokenizer
 
 
 def load_tokenizer(run: RunDir, vocab_size: int | None = None) -> Tokenizer:
@@ -174,6 +175,17 @@ def load_run_model(run: RunDir, device="cpu"):
     return model_from_state(config.model, state), config, tokenizer
 
 
+def prepare_for_decoding(model, precision: InferencePrecision = "auto"):
+    """The model as `mai generate` and `mai serve` decode with it, so that their greedy outputs agree:
+    weights cast (bf16) or quantized (int8, int4), q/k/v and gate/up fused."""
+    from mai.model.decode import fuse_for_decoding
+    from mai.model.quantize import quantize_weights
+
+    model = fuse_for_decoding(cast_for_decoding(model, precision))
+    bits = weight_bits(precision)
+    return quantize_weights(model, bits) if bits else model
+
+
 def load_pretrained(path: Path, device="cpu"):
     """(model, tokenizer, run) from a run directory, a transformers checkpoint directory or a GGUF file.
 
@@ -197,20 +209,25 @@ def load_pretrained(path: Path, device="cpu"):
 
 def load_hf_model(source: Path):
     """A transformers checkpoint directory or GGUF file as our model (fp32, eval mode) and tokenizer."""
+    from mai.model import gguf as gguf_layout
     from mai.model import hf
 
     if not source.exists():
         raise MaiError(f"{source} does not exist; pass a transformers checkpoint directory or a .gguf file")
     gguf = find_gguf(source)
-    hf_config, hf_state, tokenizer = read_gguf(gguf) if gguf else read_hf_dir(source)
     try:
-        config = ModelConfig(**hf.config_from_hf(hf_config))
+        if gguf:
+            fields, state, tokenizer = read_gguf(gguf)
+            config = ModelConfig(**gguf_layout.config_from_gguf(fields, set(state)))
+        else:
+            hf_config, state, tokenizer = read_hf_dir(source)
+            config = ModelConfig(**hf.config_from_hf(hf_config))
     except KeyError as e:
         raise MaiError(f"{source}: its config has no {e.args[0]!r}; is it a Llama-family checkpoint?") from None
     except ValueError as e:
         raise MaiError(f"{source}: cannot import ({e})") from None
     try:
-        state = hf.from_hf(hf_state, config)
+        state = gguf_layout.from_gguf(state, config) if gguf else hf.from_hf(state, config)
     except ValueError as e:
         raise MaiError(f"{source}: weights do not match its config ({e})") from None
     return model_from_state(config, {k: v.float() for k, v in state.items()}), tokenizer
@@ -256,26 +273,52 @@ def read_hf_dir(source: Path):
 
 
 def read_gguf(path: Path):
-    """Dequantize a GGUF file with transformers (needs the gguf package) into a config, weights and tokenizer."""
+    """A GGUF file's metadata (key → value), its tensors dequantized to fp32 (GGUF's names and layout)
+    and its tokenizer, which splits text as llama.cpp does for the file's pre-tokenizer name."""
+    import gguf
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reader = gguf_reader(path)
+    fields = {key: field.contents() for key, field in reader.fields.items()}
+    try:
+        tensors = {
+            t.name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).astype("float32"))
+            for t in reader.tensors
+        }
+    except (NotImplementedError, ValueError) as e:
+        raise MaiError(f"{path}: cannot read this GGUF file's tensors ({e})") from None
+    return fields, tensors, gguf_tokenizer(path, fields)
+
+
+def gguf_reader(path: Path):
+    import gguf
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        hf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as e:  # a truncated or foreign file fails anywhere in the GGUF parser (struct.error, ...)
-        raise MaiError(f"{path}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None
-    return model.config.to_dict(), model.state_dict(), tokenizer_of(hf_tokenizer)
+        return gguf.GGUFReader(path)
+    except Exception as e:  # a truncated or foreign file fails anywhere in the parser (struct.error, ValueError, ...)
+        raise MaiError(f"{path}: cannot read this GGUF file ({type(e).__name__}: {e})") from None
 
 
-def tokenizer_of(hf_tokenizer) -> Tokenizer:
-    """Ours, from a transformers tokenizer: its backend, BOS/EOS and chat template."""
-    return Tokenizer(
-        hf_tokenizer.backend_tokenizer,
-        hf_tokenizer.bos_token,
-        hf_tokenizer.eos_token,
-        hf_tokenizer.chat_template or CHAT_TEMPLATE,
+def gguf_tokenizer(path: Path, fields: dict) -> Tokenizer:
+    """The tokenizer in a GGUF file's metadata (tokenizer.ggml.*): byte-level BPE only, as llama.cpp's gpt2 model."""
+    from mai.tokenizer import GgufVocab
+
+    if fields.get("tokenizer.ggml.model") != "gpt2":
+        raise MaiError(
+            f"{path}: its tokenizer is {fields.get('tokenizer.ggml.model')!r}; mai reads byte-level BPE ('gpt2') only"
+        )
+    vocab = GgufVocab(
+        pre=fields.get("tokenizer.ggml.pre", "default"),
+        tokens=fields["tokenizer.ggml.tokens"],
+        types=fields["tokenizer.ggml.token_type"],
+        merges=fields["tokenizer.ggml.merges"],
+        add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+        bos_id=fields.get("tokenizer.ggml.bos_token_id"),
+        eos_id=fields.get("tokenizer.ggml.eos_token_id"),
+        pad_id=fields.get("tokenizer.ggml.padding_token_id"),
+        chat_template=fields.get("tokenizer.chat_template"),
     )
+    return Tokenizer.from_gguf_vocab(vocab)
 
 
 def tokenizer_from(path: Path) -> Tokenizer:
@@ -288,9 +331,5 @@ def tokenizer_from(path: Path) -> Tokenizer:
             f"tokenizer.copy_from: {path} has no tokenizer.json and is not a .gguf file",
             parameter="tokenizer.copy_from",
         )
-    from transformers import AutoTokenizer
-
-    try:
-        return tokenizer_of(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
-    except Exception as e:  # as in read_gguf: the GGUF parser fails in many ways
-        raise MaiError(f"{gguf}: transformers cannot read this GGUF file ({type(e).__name__}: {e})") from None
+    reader = gguf_reader(gguf)
+    return gguf_tokenizer(gguf, {key: field.contents() for key, field in reader.fields.items()})

@@ -173,6 +173,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     samples_path = property(lambda self: self.path / "samples.json")
     eval_path = property(lambda self: self.path / "eval.json")
+    quant_eval_path = property(lambda self: self.path / "quant_eval.json")
     report_path = property(lambda self: self.path / "report.md")
     synth_dir = property(lambda self: self.path / "synth")
 

@@ -5,6 +5,7 @@ its model and the stages that read it get the model back, so both sides share on
     checkpoints/step_N/meta.json CheckpointMeta `mai train`, `mai import hf`
     samples.json                Samples        `mai run`
     eval.json                   EvalRecord     `mai eval`
+    quant_eval.json             QuantEval      `mai quant-eval`
     metrics.jsonl               MetricsRecord  `mai train`, one per logged step
     synth/responses.jsonl       SynthRecord    `mai synth`, one per teacher reply
     synth/summary.json          SynthSummary   `mai synth`
@@ -125,6 +126,30 @@ class Sample(RunFile):
     text: str = Field(description="The prompt and its completion.")
 
 
+class QuantEvalRow(RunFile):
+    """One precision's cost in quality and what it buys: ours ("mai") or a GGUF file run by llama.cpp."""
+
+    name: str
+    runtime: Literal["mai", "llama.cpp"]
+    bpb: float
+    kl: float = Field(description="mean KL divergence (nats) of next-token distributions from mai's fp32")
+    weights_bytes: int = Field(description="bytes of weights in memory")
+    disk_bytes: int | None = optional(description="size of the file on disk")
+    tokens_per_s: float | None = optional(description="greedy decoding at batch 1")
+
+
+class QuantEval(RunFile):
+    """quant_eval.json: each precision's held-out bits per byte, KL from fp32, size and speed."""
+
+    remedy: ClassVar[str] = "delete it; `mai quant-eval` writes it again"
+
+    checkpoint: str
+    tokens: int
+    decode_tokens: int
+    rows: list[QuantEvalRow]
+    created: str
+
+
 class Samples(RunFile):
     """samples.json: the report's completions of the config's prompts."""
 
@@ -139,7 +164,7 @@ class Samples(RunFile):
 class EvalSettings(RunFile):
     tasks: list[str]
     limit: int | None = None
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["fp32", "bf16", "int8", "int4"]
     device: str | None = None
 
 

@@ -8,10 +8,11 @@ ChatML (`<|im_start|>role\\n...<|im_end|>`).
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.decoders import DecodeStream
 
@@ -26,6 +27,8 @@ SPECIAL_TOKENS = [BOS, IM_START, IM_END, PAD]
 SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+# Llama 3's spelling of the same split, as its tokenizer.json (and llama.cpp's "llama-bpe") has it.
+LLAMA3_SPLIT_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -113,6 +116,61 @@ class Tokenizer:
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
+
+    def gguf_vocab(self) -> "GgufVocab":
+        """The vocabulary as llama.cpp's GGUF metadata holds it (tokenizer.ggml.*), for `mai export gguf`."""
+        spec = json.loads(self.backend.to_str())
+        if spec.get("normalizer") is not None:
+            raise MaiError("this tokenizer normalizes text before splitting it, which llama.cpp's BPE does not do")
+        pre = llama_cpp_pre_tokenizer(spec["pre_tokenizer"], spec["model"].get("ignore_merges", False))
+        added = {t.content: t for t in self.backend.get_added_tokens_decoder().values()}
+        tokens, types = [], []
+        for i in range(self.vocab_size):
+            token = self.backend.id_to_token(i)
+            tokens.append(token if token is not None else f"[PAD{i}]")
+            if token is None:
+                types.append(TOKEN_UNUSED)
+            elif token in added:
+                types.append(TOKEN_CONTROL if added[token].special else TOKEN_USER_DEFINED)
+            else:
+                types.append(TOKEN_NORMAL)
+        merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+        probe = self.encode("a")
+        add_bos = self.bos_id is not None and probe[0] == self.bos_id and probe != self.encode("a", False)
+        pad = self.backend.token_to_id(PAD)
+        return GgufVocab(pre, tokens, types, merges, add_bos, self.bos_id, self.eos_id, pad, self.chat_template)
+
+    @classmethod
+    def from_gguf_vocab(cls, vocab: "GgufVocab") -> "Tokenizer":
+        """The tokenizer a GGUF file's metadata describes, splitting text as llama.cpp does for its `pre` name."""
+        if vocab.pre not in LLAMA_CPP_PRE_TOKENIZERS:
+            raise MaiError(
+                f"the GGUF tokenizer's pre-tokenizer {vocab.pre!r} is not one mai reads "
+                f"({', '.join(LLAMA_CPP_PRE_TOKENIZERS)}); import the model from its transformers checkpoint instead"
+            )
+        make_pre_tokenizer, ignore_merges = LLAMA_CPP_PRE_TOKENIZERS[vocab.pre]
+        ids = {token: i for i, token in enumerate(vocab.tokens)}
+        merges = [tuple(m.split(" ", 1)) for m in vocab.merges]
+        backend = HFTokenizer(models.BPE(ids, merges, ignore_merges=ignore_merges))
+        backend.pre_tokenizer = make_pre_tokenizer()
+        backend.decoder = decoders.ByteLevel()
+        backend.add_tokens(
+            [
+                AddedToken(t, special=False, normalized=False)
+                for t, k in zip(vocab.tokens, vocab.types, strict=True)
+                if k == TOKEN_USER_DEFINED
+            ]
+        )
+        backend.add_special_tokens(
+            [AddedToken(t, special=True) for t, k in zip(vocab.tokens, vocab.types, strict=True) if k == TOKEN_CONTROL]
+        )
+        name = functools.partial(_token_name, vocab.tokens)
+        bos, eos = name(vocab.bos_id), name(vocab.eos_id)
+        if vocab.add_bos and bos is not None:
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab.bos_id)]
+            )
+        return cls(backend, bos, eos, vocab.chat_template or CHAT_TEMPLATE)
 
     def text_stream(self) -> "TextStream":
         """A decoder for token ids that arrive one at a time (special tokens left out)."""
@@ -226,3 +284,82 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_corpus: bool = 
 def _token_text(token) -> str | None:
     """tokenizer_config.json stores a token as a string or as {"content": ...}."""
     return token.get("content") if isinstance(token, dict) else token
+
+
+# llama.cpp's token types (llama_token_type), as GGUF's tokenizer.ggml.token_type lists them.
+TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5
+
+
+@dataclass
+class GgufVocab:
+    """A byte-level BPE vocabulary as GGUF stores it: llama.cpp's pre-tokenizer name, the tokens in id
+    order (byte-level strings), their types, the merges ("a b"), whether BOS is prepended, and the
+    special ids."""
+
+    pre: str
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    add_bos: bool
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+    chat_template: str | None = None
+
+
+def _split_then_bytes(pattern: str) -> Callable[[], pre_tokenizers.PreTokenizer]:
+    return lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+# The pre-tokenizations llama.cpp knows by name (tokenizer.ggml.pre) that mai writes and reads:
+# name → (the `tokenizers` pre-tokenizer splitting text the same way, whether whole words found in
+# the vocabulary skip the merges). llama.cpp has no name for a split it does not implement, so a
+# tokenizer must match one of these exactly. "dbrx" splits as GPT-4 and Llama 3 do, with merges
+# always applied, as our own tokenizers (and transformers' BPE by default) apply them.
+LLAMA_CPP_PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {
+    "dbrx": (_split_then_bytes(SPLIT_PATTERN), False),
+    "llama-bpe": (_split_then_bytes(LLAMA3_SPLIT_PATTERN), True),
+    "gpt-2": (lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), False),
+    "smollm": (
+        lambda: pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        ),
+        False,
+    ),
+}
+
+
+def llama_cpp_pre_tokenizer(pre_tokenizer: dict | None, ignore_merges: bool) -> str:
+    """llama.cpp's name for a tokenizer.json's pre-tokenizer (and BPE ignore_merges), or an error saying why none fits."""
+    wanted = _without_offsets(pre_tokenizer)
+    for name, (make, ignores) in LLAMA_CPP_PRE_TOKENIZERS.items():
+        if ignores == ignore_merges and _without_offsets(_pre_tokenizer_spec(make())) == wanted:
+            return name
+    raise MaiError(
+        f"llama.cpp has no pre-tokenizer that splits text as this tokenizer does ({json.dumps(pre_tokenizer)[:200]}); "
+        f"mai exports tokenizers that split as {', '.join(LLAMA_CPP_PRE_TOKENIZERS)} do"
+    )
+
+
+def _pre_tokenizer_spec(pre_tokenizer: pre_tokenizers.PreTokenizer) -> dict:
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizer
+    return json.loads(backend.to_str())["pre_tokenizer"]
+
+
+def _without_offsets(spec):
+    """A pre-tokenizer spec without trim_offsets, which changes offsets but never ids."""
+    if isinstance(spec, dict):
+        return {k: _without_offsets(v) for k, v in spec.items() if k != "trim_offsets"}
+    if isinstance(spec, list):
+        return [_without_offsets(v) for v in spec]
+    return spec
+
+
+def _token_name(tokens: list[str], token_id: int | None) -> str | None:
+    return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None

@@ -15,7 +15,7 @@ import typer
 from mai.cli.common import Overrides, RunArg, path_value, write
 from mai.cli.eval import eval_app
 from mai.errors import MaiError
-from mai.precision import Precision
+from mai.precision import InferencePrecision
 
 app = typer.Typer(
     add_completion=False,
@@ -250,26 +250,29 @@ def distill(
     write(record.model_dump_json() + "\n")
 
 
+INFERENCE_PRECISION_HELP = (
+    "auto (bf16 where the CPU or GPU computes it natively), fp32, bf16, or int8/int4 weights (CPU; compiled)."
+)
+
+
 @app.command()
 def generate(
-    run_dir: RunArg,
+    run_dir: Annotated[Path, typer.Argument(parser=path_value, help="Run directory, or a .gguf file.")],
     prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 100,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Above 0; 1 disables.")] = 1.0,
     seed: Annotated[int | None, typer.Option(min=0, max=2**64 - 1, help="Seed for reproducible sampling.")] = None,
-    precision: Annotated[
-        Precision, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
-    ] = "auto",
+    precision: Annotated[InferencePrecision, typer.Option(help=INFERENCE_PRECISION_HELP)] = "auto",
     compile: Annotated[
         bool, typer.Option("--compile", help="Decode through torch.compile: 2-4x faster per token after ~10-20 s.")
     ] = False,
 ):
     """Write the prompt followed by its completion to stdout (logs go to stderr)."""
     from mai.console import say
-    from mai.generate import completion_pieces, load_for_generation
-    from mai.run import RunDir
+    from mai.generate import completion_pieces, load_model_for_generation
+    from mai.precision import weight_bits
 
     try:
         prompt.encode("utf-8")
@@ -277,8 +280,11 @@ def generate(
         raise MaiError("--prompt is not valid UTF-8 text", parameter="prompt") from None
     if top_p == 0:  # would keep no token at all; the server refuses it too
         raise MaiError("--top-p must be above 0 (1 keeps every token)", parameter="top_p")
-    model, _, tokenizer = load_for_generation(RunDir(run_dir).require(), precision)
-    if compile:
+    model, tokenizer = load_model_for_generation(run_dir, precision)
+    if weight_bits(precision) and not compile:
+        compile = True
+        say(f"{precision} weights decode fast only compiled: compiling the decode step, 10-20 s before the first token")
+    elif compile:
         say("compiling the decode step (--compile): 10-20 s before the first token")
     pieces = completion_pieces(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, compile)
     first = next(pieces, "")  # checks the prompt (its length too) before anything reaches stdout
@@ -304,9 +310,7 @@ def serve(
         int | None, typer.Option(min=2, help="Tokens per sequence, prompt included (default: the model's).")
     ] = None,
     max_waiting: Annotated[int, typer.Option(min=1, help="Queued sequences before answering 429.")] = 256,
-    precision: Annotated[
-        Precision, typer.Option(help="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16.")
-    ] = "auto",
+    precision: Annotated[InferencePrecision, typer.Option(help=INFERENCE_PRECISION_HELP)] = "auto",
     compile: Annotated[
         bool,
         typer.Option(
@@ -371,6 +375,46 @@ def export_hf_cmd(
     from mai.run import RunDir
 
     write(f"{export_hf(RunDir(run_dir).require(), out, dtype)}\n")
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    run_dir: RunArg,
+    out: Annotated[Path, typer.Argument(parser=path_value, help="The .gguf file to write.")],
+    dtype: Annotated[
+        Literal["f16", "bf16", "q8_0", "q4_0", "q4_k_m"],
+        typer.Option(help="Weights' type: f16, bf16, q8_0 (8 bits), q4_0 (4 bits), q4_k_m (llama.cpp's 4-bit mix)."),
+    ] = "f16",
+):
+    """Write one GGUF file that llama.cpp, Ollama and LM Studio run: weights, tokenizer, chat template."""
+    from mai.export import export_gguf
+    from mai.run import RunDir
+
+    write(f"{export_gguf(RunDir(run_dir).require(), out, dtype)}\n")
+
+
+@app.command("quant-eval")
+def quant_eval_cmd(
+    run_dir: RunArg,
+    ggufs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            parser=path_value, help="GGUF files to score through llama.cpp (default: f16, q8_0, q4_0 exports)."
+        ),
+    ] = None,
+    text: Annotated[
+        Path | None, typer.Option(parser=path_value, help="Held-out text to score (default: the validation split).")
+    ] = None,
+    tokens: Annotated[int, typer.Option(min=1, help="Held-out tokens to score.")] = 4096,
+    decode_tokens: Annotated[int, typer.Option(min=0, help="Tokens to decode for tokens/s (0 skips it).")] = 64,
+):
+    """Held-out bits per byte, KL from fp32, memory, size and tokens/s of each precision, mai's and llama.cpp's."""
+    from mai.quant_eval import format_quant_eval, quant_eval
+    from mai.run import RunDir
+
+    run = RunDir(run_dir).require()
+    record = quant_eval(run, ggufs or [], text, tokens, decode_tokens)
+    write(format_quant_eval(record) + f"{run.quant_eval_path} and {run.quant_eval_path.with_suffix('.png')}\n")
 
 
 @import_app.command("hf")

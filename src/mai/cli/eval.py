@@ -7,7 +7,7 @@ import typer
 from typer.core import TyperGroup
 
 from mai.cli.common import path_value, write
-from mai.precision import Precision
+from mai.precision import InferencePrecision
 
 
 class DefaultToRun(TyperGroup):
@@ -42,10 +42,10 @@ def eval_run(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples of each task.")] = None,
     precision: Annotated[
-        Precision,
+        InferencePrecision,
         typer.Option(
-            help="fp32 (default: the same scores on any machine), bf16 autocast, or auto (bf16 where the CPU "
-            "or GPU computes it natively, as mai generate); eval.json records the one used."
+            help="fp32 (default: the same scores on any machine), bf16 autocast, auto (bf16 where the CPU "
+            "or GPU computes it natively, as mai generate), or int8/int4 weights; eval.json records the one used."
         ),
     ] = "fp32",
     out: Annotated[

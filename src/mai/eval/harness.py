@@ -6,7 +6,7 @@
 Both run lm-eval's own command line after registering `mai` (lm-eval finds only the models of
 its own package by name, so the plain `lm_eval` command cannot see it). From Python,
 `import mai.eval.harness` is enough for `lm_eval.simple_evaluate(model="mai", ...)`.
-Model arguments: run (a run directory or a transformers/GGUF directory), precision (fp32, bf16 or
+Model arguments: run (a run directory or a transformers/GGUF directory), precision (fp32, bf16, int8, int4 or
 auto), batch_tokens. Scores come from the same `Scorer` as `mai eval`, so the two agree.
 """
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mai.errors import MaiError
 from mai.eval.runner import load_for_eval
 from mai.eval.scoring import Scorer
-from mai.precision import check_precision
+from mai.precision import INFERENCE_PRECISIONS, check_precision
 
 
 # lm-eval registers its own models (hf, local-completions, ...) only when its registry is still empty at
@@ -42,7 +42,7 @@ class MaiLM(LM):
         super().__init__()
         if run is None:
             raise MaiError("--model_args needs run=PATH (a run directory or a transformers checkpoint directory)")
-        check_precision(precision)
+        check_precision(precision, allowed=INFERENCE_PRECISIONS)
         use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
         model, tokenizer, _, _ = load_for_eval(Path(str(run)), "cuda" if use_cuda else "cpu")
         self.scorer = Scorer(model, tokenizer, precision, int(batch_tokens) if batch_tokens else None)

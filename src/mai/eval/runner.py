@@ -31,7 +31,7 @@ from mai.eval.record import read_eval
 from mai.eval.sandbox import Limits, run_programs
 from mai.eval.scoring import Scorer
 from mai.loading import load_pretrained
-from mai.precision import Precision, check_precision, default_device
+from mai.precision import INFERENCE_PRECISIONS, InferencePrecision, check_precision, default_device
 from mai.run import RunDir, atomic_write_text, read_checkpoint_meta, write_json
 from mai.run_files import BpbResult, EvalRecord, EvalSettings, TaskResult
 from mai.taskdata import Task, load_task, resolve_tasks
@@ -47,7 +47,7 @@ def evaluate(
     path: Path,
     tasks: list[str],
     limit: int | None = None,
-    precision: Precision = "fp32",
+    precision: InferencePrecision = "fp32",
     out: Path | None = None,
     limits: Limits | None = None,
     bpb: bool = True,
@@ -57,7 +57,7 @@ def evaluate(
     It is written to `out`, by default into `path` when that is a run directory. The record's
     settings hold the precision the scores were computed in: 'auto' resolved to fp32 or bf16.
     """
-    check_precision(precision, "--precision")
+    check_precision(precision, "--precision", INFERENCE_PRECISIONS)
     if limit is not None and limit < 1:
         raise MaiError("--limit must be at least 1", parameter="limit")
     if out is not None:

@@ -21,20 +21,23 @@ from collections.abc import Callable
 import torch
 
 from mai.model.decode import generate
-from mai.precision import Precision, autocast, resolve_precision
+from mai.model.quantize import quantize_weights
+from mai.precision import InferencePrecision, autocast, resolve_precision, weight_bits
 
 LOGIT_BUDGET = 1 << 27  # logits per forward pass (B·T·V): 512 MiB in fp32
 PAD_LIMIT = 0.75  # a row shorter than this fraction of its batch's longest starts a new batch
 
 
 class Scorer:
-    def __init__(self, model, tokenizer, precision: Precision = "fp32", batch_tokens: int | None = None):
-        """precision: fp32, bf16 (autocast over fp32 weights), or auto: bf16 where the device computes it
-        natively (CUDA, AVX512-BF16 or AMX CPUs), as training and `mai generate` resolve it. The resolved
-        one is self.precision, which eval.json records."""
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, precision: InferencePrecision = "fp32", batch_tokens: int | None = None):
+        """precision: fp32, bf16 (autocast over fp32 weights), auto: bf16 where the device computes it
+        natively (CUDA, AVX512-BF16 or AMX CPUs), as training and `mai generate` resolve it, or int8/int4
+        (the model's weights quantized here, in place). The resolved one is self.precision, which
+        eval.json records."""
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
+        bits = weight_bits(self.precision)
+        self.model, self.tokenizer = quantize_weights(model, bits) if bits else model, tokenizer
         self.max_len = model.config.max_seq_len
         vocab = model.config.vocab_size
         self.batch_tokens = batch_tokens or max(self.max_len, min(16384, LOGIT_BUDGET // vocab))

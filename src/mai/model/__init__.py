@@ -1,1 +1,1 @@
-"""The model: transformer.py (architecture), decode.py (KV-cache decoding), info.py (sizes), hf.py (transformers key map)."""
+"""The model: transformer.py (architecture), decode.py (KV-cache decoding), info.py (sizes), hf.py and gguf.py (transformers' and llama.cpp's key maps)."""

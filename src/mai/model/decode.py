@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from mai.model.quantize import QuantizedLinear
 from mai.model.transformer import FusedLinear, KVCache, Transformer
 
 CACHE_BUCKET = 64  # compiled decoding sizes its cache in multiples of this, so a few graphs serve all lengths
@@ -113,11 +114,12 @@ def compiled_decode_step(
     The cache must have a fixed span, so that one graph serves every step. Freezing is read while
     dynamo traces, which torch.compile's options= does not reach, hence the config patch around
     each call (compilation happens inside a call). A frozen graph keeps the weights it was
-    compiled with: a model whose weights change needs a new process.
+    compiled with: a model whose weights change needs a new process. Quantized models compile
+    unfrozen: freezing would fold their dequantization into fp32 constants, undoing it.
     """
     from torch._inductor import config as inductor_config
 
-    with inductor_config.patch(freezing=True):
+    with inductor_config.patch(freezing=not any(isinstance(m, QuantizedLinear) for m in model.modules())):
         return _compiled_decode_step()(model, tokens, cache, positions)
 
 

@@ -8,9 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mai.console import say
 from mai.errors import MaiError
-from mai.loading import load_pretrained
-from mai.model.decode import fuse_for_decoding
-from mai.precision import Precision, cast_for_decoding, default_device
+from mai.loading import load_pretrained, prepare_for_decoding
+from mai.precision import InferencePrecision, default_device, weight_bits
 from mai.serve.api import AppSettings, build_app
 from mai.serve.engine import Engine
 from mai.serve.http import bind, run_app, url_of
@@ -32,8 +31,9 @@ class ServeSettings(BaseModel):
         None, ge=2, description="Tokens per sequence, prompt included (default: the model's)."
     )
     max_waiting: int = Field(256, ge=1, description="Queued sequences before answering 429.")
-    precision: Precision = Field(
-        "auto", description="auto (bf16 where the CPU or GPU computes it natively), fp32 or bf16."
+    precision: InferencePrecision = Field(
+        "auto",
+        description="auto (bf16 where the CPU or GPU computes it natively), fp32, bf16, or int8/int4 weights (CPU).",
     )
     compile: bool = Field(
         False, description="CPU: decode through torch.compile, 5-20 s per batch-size bucket at start (CUDA: graphs)."
@@ -71,8 +71,10 @@ def serve(settings: ServeSettings) -> None:
     with bind(settings.host, settings.port, hint) as sock:  # before loading, which can take a minute
         map_large_allocations()
         model, tokenizer, _ = load_pretrained(settings.path, default_device())
-        # as `mai generate` decodes, so that greedy outputs agree
-        model = fuse_for_decoding(cast_for_decoding(model, settings.precision))
+        model = prepare_for_decoding(model, settings.precision)  # as `mai generate` decodes
+        compile = settings.compile or weight_bits(settings.precision) is not None
+        if compile and not settings.compile:
+            progress(f"{settings.precision} weights decode fast only compiled: compiling, as with --compile")
         context = model.config.max_seq_len
         if settings.max_context is not None and settings.max_context > context:
             raise MaiError(
@@ -82,9 +84,7 @@ def serve(settings: ServeSettings) -> None:
             )
         context = settings.max_context or context
         max_batch = settings.max_batch
-        engine = Engine(
-            model, tokenizer, max_batch, context, settings.max_waiting, settings.compile, log=progress
-        ).start()
+        engine = Engine(model, tokenizer, max_batch, context, settings.max_waiting, compile, log=progress).start()
         app_settings = AppSettings(settings.path.resolve().name, api_key)
         try:
             kv_cache = sum(t.nbytes for t in (*engine.cache.k, *engine.cache.v)) / 1e9
