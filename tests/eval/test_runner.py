@@ -164,7 +164,7 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith("error: unknown task 'hellaswagg'")
     for kwargs, phrase in [
         ({"limit": 0}, "--limit must be at least 1"),
-        ({"precision": "fp8"}, "--precision must be one of auto, fp32, bf16, not 'fp8'"),
+        ({"precision": "fp8"}, "--precision must be one of auto, fp32, bf16, int8, int4, not 'fp8'"),
         ({"tasks": [""]}, "no tasks to evaluate"),
     ]:
         with pytest.raises(MaiError, match=phrase):
