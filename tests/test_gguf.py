@@ -85,6 +85,16 @@ def test_quantized_exports_are_smaller_and_score_through_llama_cpp(trained_run, 
     assert "q4_0.gguf" in result.stdout and (trained_run.path / "quant_eval.png").is_file()
 
 
+def test_q4_k_m_is_quantized_by_llama_cpp_and_keeps_the_tokenizer(trained_run, tmp_path):
+    out = tmp_path / "demo-q4_k_m.gguf"
+    run_mai("export", "gguf", str(trained_run.path), str(out), "--dtype", "q4_k_m")
+    llm = llama(out)
+    assert llm.metadata["general.file_type"] == str(llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)
+    _, _, tokenizer = load_run_model(trained_run)
+    assert llm.tokenize(MIXED_TEXT.encode(), add_bos=True, special=False) == tokenizer.encode(MIXED_TEXT)
+    assert len(llama_cpp_greedy(llm, tokenizer.encode(PROMPT), 8)) == 8
+
+
 def test_export_mistakes_are_one_line_errors(trained_run, demo_f16, tmp_path):
     cases = [
         ([str(tmp_path / "model.bin")], ".gguf suffix"),
