@@ -279,7 +279,7 @@ def read_gguf(path: Path):
     import torch
 
     reader = gguf_reader(path)
-    fields = {key: field.contents() for key, field in reader.fields.items()}
+    fields = gguf_fields(reader)
     try:
         tensors = {
             t.name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).astype("float32"))
@@ -297,6 +297,11 @@ def gguf_reader(path: Path):
         return gguf.GGUFReader(path)
     except Exception as e:  # a truncated or foreign file fails anywhere in the parser (struct.error, ValueError, ...)
         raise MaiError(f"{path}: cannot read this GGUF file ({type(e).__name__}: {e})") from None
+
+
+def gguf_fields(reader) -> dict:
+    """A GGUF file's metadata as plain values, key → value."""
+    return {key: field.contents() for key, field in reader.fields.items()}
 
 
 def gguf_tokenizer(path: Path, fields: dict) -> Tokenizer:
@@ -331,5 +336,4 @@ def tokenizer_from(path: Path) -> Tokenizer:
             f"tokenizer.copy_from: {path} has no tokenizer.json and is not a .gguf file",
             parameter="tokenizer.copy_from",
         )
-    reader = gguf_reader(gguf)
-    return gguf_tokenizer(gguf, {key: field.contents() for key, field in reader.fields.items()})
+    return gguf_tokenizer(gguf, gguf_fields(gguf_reader(gguf)))

@@ -7,6 +7,7 @@ after a one-off compilation of 10-20 s, so it pays for long or many generations.
 """
 
 import functools
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -119,8 +120,19 @@ def compiled_decode_step(
     """
     from torch._inductor import config as inductor_config
 
-    with inductor_config.patch(freezing=not any(isinstance(m, QuantizedLinear) for m in model.modules())):
+    with inductor_config.patch(freezing=not holds_quantized_layers(model)):
         return _compiled_decode_step()(model, tokens, cache, positions)
+
+
+_QUANTIZED: "weakref.WeakKeyDictionary[Transformer, bool]" = weakref.WeakKeyDictionary()
+
+
+def holds_quantized_layers(model: Transformer) -> bool:
+    """Whether the model has int8/int4 layers, found once per model: walking its few hundred modules
+    took 0.4 ms, 2% of a SmolLM2 decoding step."""
+    if model not in _QUANTIZED:
+        _QUANTIZED[model] = any(isinstance(m, QuantizedLinear) for m in model.modules())
+    return _QUANTIZED[model]
 
 
 @functools.cache
