@@ -208,6 +208,7 @@ def test_deleting_a_corrupt_checkpoint_as_advised_falls_back_to_the_one_before(t
 
 
 FROZEN_INTERFACE = {
+    "chat": ["--max-tokens", "--precision", "--seed", "--system", "--temperature", "--top-k", "path"],
     "config presets": [],
     "config show": ["--explain", "--set", "preset"],
     "data prepare": ["run_dir"],
@@ -259,6 +260,7 @@ FROZEN_INTERFACE = {
     ],
     "quant-eval": ["--decode-tokens", "--text", "--tokens", "ggufs", "run_dir"],
     "report": ["run_dir"],
+    "sft": ["--resume", "--set", "run_dir"],
     "run": ["--run-dir", "--set", "preset"],
     "serve": [
         "--api-key-env",

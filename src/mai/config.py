@@ -366,6 +366,59 @@ class DistillConfig(Section):
     top_k: int = Field(20, ge=0, description="Teacher tokens kept per position in the cache (0: full logits, live).")
 
 
+class SftConfig(Section):
+    """`mai sft`: fine-tune a pretrained model on conversations into a chat model, in RUN/sft/.
+
+    Conversations are JSONL lines in OpenAI's format, {"messages": [{"role": "system" | "user" |
+    "assistant", "content": "..."}, ...]}; the loss is on the assistant's tokens alone (their text
+    and end-of-turn token). The schedule, batch and cadence here replace [train]'s; the rest of
+    [train] (precision, compile, seed, optimizer betas, weight decay, clipping) still applies.
+    """
+
+    init_from: str = Field(
+        "", description="Model to fine-tune: a run, transformers directory or .gguf file (empty: this run's)."
+    )
+    data: list[str] = Field(
+        [],
+        description="Conversation JSONL files; 'synth' takes this run's `mai synth` samples, "
+        "'shakespeare-dialogues' turns of speech from the plays (offline, for the demo).",
+    )
+    held_out: int = Field(32, gt=0, description="Conversations held out for the validation loss and answer checks.")
+    packing: bool = Field(
+        True, description="Pack conversations into each row, attending only within their own (false: one per row)."
+    )
+    steps: int = Field(100, gt=0, description="Optimizer steps.")
+    batch_size: int = Field(8, gt=0, description="Rows per micro-batch.")
+    seq_len: int = Field(0, ge=0, description="Tokens per row (0: train.seq_len); longer conversations are cut to it.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (fine-tuning wants less than pretraining).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    eval_every: int = Field(50, gt=0, description="Steps between held-out loss measurements.")
+    checkpoint_every: int = Field(50, gt=0, description="Steps between checkpoints (the last step always saves).")
+    answer_tokens: int = Field(64, gt=0, description="Most tokens of each held-out answer, before and after.")
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> "SftConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        return self
+
+    def train_settings(self, train: TrainConfig) -> TrainConfig:
+        """[train] with this section's schedule, batch and cadence."""
+        mine = {
+            "steps",
+            "batch_size",
+            "seq_len",
+            "lr",
+            "warmup_steps",
+            "min_lr_ratio",
+            "eval_every",
+            "checkpoint_every",
+        }
+        settings = self.model_dump(include=mine) | {"seq_len": self.seq_len or train.seq_len}
+        return TrainConfig(**train.model_dump(exclude=mine | {"grad_accum"}), **settings)
+
+
 class ParallelConfig(Section):
     """How `mai train` spreads over processes under torchrun (train/parallel.py); one process ignores it.
 
@@ -412,6 +465,7 @@ class RunConfig(Section):
     sample: SampleConfig = Field(SampleConfig(), description=SampleConfig.__doc__)
     synth: SynthConfig = Field(SynthConfig(), description=SynthConfig.__doc__.splitlines()[0])
     distill: DistillConfig = Field(DistillConfig(), description=DistillConfig.__doc__.splitlines()[0])
+    sft: SftConfig = Field(SftConfig(), description=SftConfig.__doc__.splitlines()[0])
     parallel: ParallelConfig = Field(ParallelConfig(), description=ParallelConfig.__doc__.splitlines()[0])
 
     @model_validator(mode="after")
@@ -420,6 +474,8 @@ class RunConfig(Section):
             raise ValueError(
                 f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
             )
+        if self.sft.seq_len > self.model.max_seq_len:
+            raise ValueError(f"sft.seq_len ({self.sft.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
         return self
 
 

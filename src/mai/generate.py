@@ -21,12 +21,12 @@ def load_for_generation(run: RunDir, precision: InferencePrecision = "auto"):
 
 
 def load_model_for_generation(path: Path, precision: InferencePrecision = "auto"):
-    """(model, tokenizer) ready to decode from a run directory or a .gguf file (`mai export gguf`'s, say)."""
-    if path.suffix == ".gguf" and path.is_file():
-        model, tokenizer, _ = load_pretrained(path)
-        return prepare_for_decoding(model, precision), tokenizer
-    model, _, tokenizer = load_for_generation(RunDir(path).require(), precision)
-    return model, tokenizer
+    """(model, tokenizer) ready to decode from a run directory, a transformers directory or a .gguf file."""
+    if RunDir(path).config_path.is_file() or not path.exists():
+        model, _, tokenizer = load_for_generation(RunDir(path).require(), precision)
+        return model, tokenizer
+    model, tokenizer, _ = load_pretrained(path)
+    return prepare_for_decoding(model, precision), tokenizer
 
 
 def completion_pieces(
@@ -51,9 +51,18 @@ def completion_pieces(
             f"so the completion stops after at most {room} tokens, not {max_new_tokens}"
         )
     stop_ids = (tokenizer.eos_id,) if tokenizer.eos_id is not None else ()
+    yield from decoded_pieces(
+        model, tokenizer, ids, min(max_new_tokens, room), temperature, top_k, top_p, seed, stop_ids, compile
+    )
+
+
+def decoded_pieces(
+    model, tokenizer, ids: list[int], new_tokens: int, temperature, top_k, top_p, seed, stop_ids, compile=False
+) -> Iterator[str]:
+    """Yield the text of up to new_tokens tokens generated after ids, until a stop id; a piece never
+    ends inside a UTF-8 character."""
     completion: list[int] = []
     text, emitted = tokenizer.text_stream(), 0
-    new_tokens = min(max_new_tokens, room)
     steps = generate(model, torch.tensor([ids]), new_tokens, temperature, top_k, top_p, seed, stop_ids, compile)
     for token in steps:
         token_id = int(token[0])

@@ -176,6 +176,8 @@ class RunDir:
     quant_eval_path = property(lambda self: self.path / "quant_eval.json")
     report_path = property(lambda self: self.path / "report.md")
     synth_dir = property(lambda self: self.path / "synth")
+    sft_dir = property(lambda self: self.path / "sft")  # `mai sft`'s run directory, inside this one
+    sft_path = property(lambda self: self.path / "sft.json")
 
     def require(self) -> "RunDir":
         if not self.config_path.is_file():

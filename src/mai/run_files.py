@@ -224,6 +224,33 @@ class MetricsRecord(RunFile):
     val_bpb: float | None = optional()
 
 
+class SftAnswers(RunFile):
+    """Greedy answers to the held-out prompts, and the share that ended with an end-of-turn token."""
+
+    texts: list[str]
+    end_of_turn_rate: float
+
+
+class SftExchange(RunFile):
+    prompt: str = Field(description="The held-out conversation's last message before the answer.")
+    before: str = Field(description="The base model's answer.")
+    after: str = Field(description="The fine-tuned model's answer.")
+
+
+class SftRecord(RunFile):
+    """sft.json in RUN/sft/: what fine-tuning on conversations changed, on held-out conversations."""
+
+    remedy: ClassVar[str] = "delete it; `mai sft --resume` writes it again"
+
+    base: str = Field(description="The model fine-tuned: a run, transformers directory or .gguf file.")
+    checkpoint: str
+    base_val_loss: float = Field(description="Held-out loss per assistant token of the base model.")
+    val_loss: float = Field(description="Held-out loss per assistant token after fine-tuning.")
+    before: SftAnswers
+    after: SftAnswers
+    exchanges: list[SftExchange]
+
+
 class SynthRecord(RunFile):
     """One teacher reply (a line of synth/responses.jsonl; samples.jsonl adds `text`, rejected.jsonl `reason`)."""
 

@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 from mai.config import RunConfig
 from mai.console import say
+from mai.data.conversations import read_sources, write_conversations
 from mai.data.prepare import prepare_data
 from mai.errors import MaiError
 from mai.eval.record import read_eval
@@ -17,9 +18,10 @@ from mai.eval.runner import evaluate
 from mai.generate import write_samples
 from mai.report import write_report
 from mai.run import RunDir, make_directory, read_checkpoint_meta, read_json
-from mai.run_files import EvalRecord, Samples
+from mai.run_files import EvalRecord, Samples, SftRecord
 from mai.taskdata import resolve_tasks
 from mai.train.loop import train
+from mai.train.sft import conversations_dir, create_sft_run, fine_tune
 
 # `mai run` evaluates on the quick `core` suite, the first EVAL_LIMIT examples of each task: a
 # first look that keeps the demo short (`mai eval RUN` scores whole tasks).
@@ -70,8 +72,13 @@ def prepare(run: RunDir, config: RunConfig) -> None:
 
 
 def train_done(run: RunDir, config: RunConfig) -> str | None:
+    return trained_to(run, config.train.steps)
+
+
+def trained_to(run: RunDir, steps: int) -> str | None:
+    """Why the run's training is complete (its latest checkpoint is at `steps`), or None."""
     checkpoint = run.latest_checkpoint()
-    if checkpoint is not None and read_checkpoint_meta(checkpoint).step >= config.train.steps:
+    if checkpoint is not None and read_checkpoint_meta(checkpoint).step >= steps:
         return f"{checkpoint.name} is final, skipped"
     return None
 
@@ -112,6 +119,41 @@ def evaluated(evaluation: EvalRecord) -> str:
     return core + bpb
 
 
+def fine_tune_run(run: RunDir, config: RunConfig, resume: bool = False) -> SftRecord:
+    """`mai sft`: sft.data checked and split into RUN/sft/ (a run directory), the model fine-tuned
+    there, its report written."""
+    conversations = read_sources(config.sft.data, run)
+    out, sft_config = create_sft_run(run, config)
+    kept, held_out = write_conversations(
+        conversations, sft_config.sft.held_out, sft_config.train.seed, conversations_dir(out)
+    )
+    say(f"sft: {kept} training and {held_out} held-out conversations in {conversations_dir(out)}")
+    record = fine_tune(out, sft_config, resume)
+    write_report(out)
+    return record
+
+
+def sft_done(run: RunDir, config: RunConfig) -> str | None:
+    if not config.sft.data:
+        return "no sft.data, skipped"
+    sft_run = RunDir(run.sft_dir)
+    if sft_run.sft_path.is_file() and trained_to(sft_run, config.sft.steps) is not None:
+        return f"{sft_run.sft_path} is complete, skipped"
+    return None
+
+
+def run_sft(run: RunDir, config: RunConfig) -> None:
+    record = fine_tune_run(run, config, resume=RunDir(run.sft_dir).latest_checkpoint() is not None)
+    say(f"sft: {fine_tuned(record)}")
+
+
+def fine_tuned(record: SftRecord) -> str:
+    return (
+        f"held-out loss per assistant token {record.base_val_loss:.3f} → {record.val_loss:.3f}; answers ending "
+        f"with the end-of-turn token {record.before.end_of_turn_rate:.0%} → {record.after.end_of_turn_rate:.0%}"
+    )
+
+
 def report(run: RunDir, config: RunConfig) -> None:
     write_report(run)
     say(f"report: {run.report_path}")
@@ -122,5 +164,6 @@ STAGES = [
     Stage("train", train_done, train_or_resume),
     Stage("samples", samples_done, lambda run, config: write_samples(run)),
     Stage("eval", eval_done, run_eval),
+    Stage("sft", sft_done, run_sft),
     Stage("report", lambda run, config: None, report),  # rendered every time: it costs a second
 ]

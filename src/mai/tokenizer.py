@@ -2,8 +2,13 @@
 
 Every string is encoded through its UTF-8 bytes, so encode→decode is lossless for any Unicode
 text. The document-boundary token `<|endoftext|>` is prepended by the tokenizer's own
-post-processor, so transformers' PreTrainedTokenizerFast adds it exactly as we do. Chat turns use
-ChatML (`<|im_start|>role\\n...<|im_end|>`).
+post-processor, so transformers' PreTrainedTokenizerFast adds it exactly as we do.
+
+Conversations are rendered here and nowhere else: for generation (`encode_chat`, which `mai serve`
+and `mai chat` use) and for training (`render_for_training`, which `mai sft` uses), through one
+chat template: ours is ChatML (`<|im_start|>role\\n...<|im_end|>\\n`) after the document token, an
+imported model keeps its own. The training mask is found from the template itself, by rendering
+the conversation turn by turn, so it needs no `{% generation %}` markers in the template.
 """
 
 import functools
@@ -31,6 +36,7 @@ SPLIT_PATTERN = (
 LLAMA3_SPLIT_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 CHAT_TEMPLATE = (
+    "{{ bos_token }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
@@ -104,18 +110,75 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    @property
+    def end_of_turn_ids(self) -> tuple[int, ...]:
+        """The tokens that end an assistant's turn (ChatML's <|im_end|>, the end-of-sequence token):
+        a chat answer stops at the first of them."""
+        ids = (self.backend.token_to_id(IM_END), self.eos_id)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Conversation turns ({"role", "content"}) as the text the model reads, through the chat template
         (ours, ChatML, or an imported model's own), ending with the assistant's turn opened when asked."""
-        import jinja2  # here: only chat needs it
-
-        template = jinja2.Environment().from_string(self.chat_template)
-        return template.render(
+        return self._template.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
+
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """The ids of a rendered conversation, as transformers' `apply_chat_template(tokenize=True)` gives
+        them: the template writes any document token itself."""
+        return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+
+    def render_for_training(self, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+        """The ids of a whole conversation and, for each, whether it is the assistant's to write: the
+        content and end-of-turn token of every assistant turn (not the role header before it, nor the
+        template's newline after it).
+
+        Each assistant turn's text is found by rendering the conversation up to it with the turn
+        opened, then with the turn written: what the second adds to the first. A template that does
+        not render a conversation as its turns one after another, or that never ends an assistant
+        turn with an end-of-turn token, is an error: the mask would be wrong, or teach no stopping.
+        """
+        text = self.render_chat(messages, add_generation_prompt=False)
+        spans = [self._assistant_span(messages, i, text) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        mask = [any(start < end and begin < stop for begin, end in spans) for start, stop in encoding.offsets]
+        if spans and not any(mask):
+            raise MaiError("the chat template rendered no assistant tokens for a conversation with an assistant turn")
+        return encoding.ids, mask
+
+    def _assistant_span(self, messages: list[dict[str, str]], i: int, text: str) -> tuple[int, int]:
+        """Where messages[i], an assistant turn, lies in `text` (the whole rendering), in characters."""
+        opened = self.render_chat(messages[:i], add_generation_prompt=True)
+        written = self.render_chat(messages[: i + 1], add_generation_prompt=False)
+        if not (written.startswith(opened) and text.startswith(written)):
+            raise MaiError(
+                "this chat template does not render a conversation as its turns one after another (turn "
+                f"{i + 1} changes what comes before it), so the assistant's tokens cannot be found; use mai's template"
+            )
+        markers = [self.backend.id_to_token(t) for t in self.end_of_turn_ids]
+        ends = [written.rfind(m) + len(m) for m in markers if written.rfind(m) >= len(opened)]
+        if not ends:
+            raise MaiError(
+                f"this chat template ends an assistant turn with none of the end-of-turn tokens "
+                f"({', '.join(markers)}), so a model trained on it would never learn to stop"
+            )
+        return len(opened), max(ends)
+
+    @functools.cached_property
+    def _template(self):
+        """The chat template compiled as transformers compiles it (sandboxed, trim_blocks, lstrip_blocks,
+        loop controls), so an imported model's template renders here exactly as there."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment  # here: only chat needs jinja2
+
+        environment = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        environment.globals["raise_exception"] = _template_error
+        return environment.from_string(self.chat_template)
 
     def gguf_vocab(self) -> "GgufVocab":
         """The vocabulary as llama.cpp's GGUF metadata holds it (tokenizer.ggml.*), for `mai export gguf`."""
@@ -279,6 +342,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_corpus: bool = 
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))]
     )
     return Tokenizer(backend)
+
+
+def _template_error(message: str):
+    raise MaiError(f"the chat template refuses this conversation: {message}")
 
 
 def _token_text(token) -> str | None:

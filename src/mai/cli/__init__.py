@@ -250,6 +250,22 @@ def distill(
     write(record.model_dump_json() + "\n")
 
 
+@app.command()
+def sft(
+    run_dir: RunArg,
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/sft's latest checkpoint.")] = False,
+    set_: Overrides = None,
+):
+    """Fine-tune the run's model (or sft.init_from's) on conversations (config section sft) into RUN/sft/."""
+    from mai.config import apply_overrides
+    from mai.run import RunDir
+    from mai.stages import fine_tune_run, fine_tuned
+
+    run = RunDir(run_dir).require()
+    record = fine_tune_run(run, apply_overrides(run.read_config(), set_ or []), resume)
+    write(f"{fine_tuned(record)}\n{run.sft_dir / 'report.md'}; talk to it with `mai chat {run.sft_dir}`\n")
+
+
 INFERENCE_PRECISION_HELP = (
     "auto (bf16 where the CPU or GPU computes it natively), fp32, bf16, or int8/int4 weights (CPU; compiled)."
 )
@@ -292,6 +308,29 @@ def generate(
     for piece in pieces:
         write(piece)
     write("\n")
+
+
+@app.command()
+def chat(
+    path: Annotated[
+        Path, typer.Argument(parser=path_value, help="Run directory, transformers directory or .gguf file.")
+    ],
+    system: Annotated[str, typer.Option(help="System prompt (/system changes it).")] = "",
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens of an answer.")] = 256,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy (/temp changes it).")] = 0.7,
+    top_k: Annotated[int, typer.Option(min=0, help="0 disables.")] = 50,
+    seed: Annotated[int | None, typer.Option(min=0, max=2**64 - 1, help="Seed for reproducible sampling.")] = None,
+    precision: Annotated[InferencePrecision, typer.Option(help="auto, fp32 or bf16.")] = "auto",
+):
+    """Talk to a model in the terminal: answers stream; Ctrl-C stops one, Ctrl-D quits."""
+    from mai.chat import Chat, repl
+    from mai.generate import load_model_for_generation
+    from mai.precision import check_precision
+
+    check_precision(precision, allowed=("auto", "fp32", "bf16"))
+    model, tokenizer = load_model_for_generation(path, precision)
+    chat_session = Chat(model, tokenizer, max_tokens, temperature, top_k, seed, system)
+    repl(chat_session, f"mai chat: {path} (context {model.config.max_seq_len} tokens)")
 
 
 @app.command()

@@ -6,7 +6,8 @@ QK-norm, tied or untied embeddings, and a static KV cache for decoding. Projecti
 separate (wq/wk/wv, w1/w3), as transformers lays them out and as tensor parallelism splits them.
 Parallelism, compile and precision are applied from outside; nothing here knows about devices or
 distributed training. A ragged batch (rows at different positions, as a serving engine's) passes
-per-row positions.
+per-row positions; so does a packed batch (several sequences one after another in each row, as
+fine-tuning on conversations packs them), whose positions restart at 0 where a sequence begins.
 
 Shape letters: B batch, T sequence (new tokens), S cached + new tokens, D d_model,
 H query heads, K key/value heads, E head_dim, F ffn hidden, V vocab.
@@ -155,7 +156,7 @@ class Attention(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of q (B, H, T, E) over k, v (B, K, S, E): causal when mask is None (T == S, a whole
-    sequence), else as the additive mask (B, 1, T, S) allows (KVCache.mask).
+    sequence), else as the mask (B, 1, T, S) allows: additive (KVCache.mask) or bool (packed_mask).
 
     A masked call folds each key head's G = H/K query heads into its rows, (B, K, G·T, E): attention
     without GQA, which CUDA's masked attention kernels lack (they would copy every key G times).
@@ -170,6 +171,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     if T > 1:
         mask = mask.expand(B, G, T, S).reshape(B, 1, G * T, S)
     return F.scaled_dot_product_attention(folded, k, v, attn_mask=mask).reshape(B, H, T, E)
+
+
+def packed_mask(positions: torch.Tensor) -> torch.Tensor:
+    """Which keys each token of packed rows may attend to, (B, 1, T, T) bool: its own sequence's (they
+    start where positions (B, T) restart at 0), up to itself."""
+    sequence = (positions == 0).cumsum(-1)  # (B, T): which sequence of its row each token is in
+    T = positions.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
+    return ((sequence[:, :, None] == sequence[:, None, :]) & causal)[:, None]
 
 
 class FeedForward(nn.Module):
@@ -223,8 +233,9 @@ class Transformer(nn.Module):
         """Logits (B, T, V) for tokens (B, T); with head=False the final norm's output (B, T, D), which
         a loss projects chunk by chunk (`project`) so the whole (B, T, V) never exists at once.
 
-        Without a cache, tokens are a whole sequence from position 0 and attention is causal. With
-        one, each row's tokens sit at its own positions (B, T) (default 0..T-1), their keys and values
+        Without a cache, tokens are a whole sequence from position 0 and attention is causal; given
+        positions, each row is packed: a sequence starts wherever its positions restart at 0, and
+        attention stays causal within it (a token never sees another sequence of its row). With a cache, each row's tokens sit at its own positions (B, T) (default 0..T-1), their keys and values
         go into the cache's rows 0..B-1, and each token attends to its row's cached positions up to
         its own: prefill, a decode step, or a ragged batch of rows at different lengths alike.
         logits_at (B,) picks one position per row, (B, 1, V): the last token of a (padded) prompt.
@@ -238,6 +249,8 @@ class Transformer(nn.Module):
                 positions = torch.arange(T, device=tokens.device).expand(B, T)
             span = cache.span(positions)
             mask = cache.mask(positions, span)  # (B, 1, T, S)
+        elif positions is not None:
+            mask = packed_mask(positions)  # (B, 1, T, T)
         if positions is None:
             cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, E)
         else:

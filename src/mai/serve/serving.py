@@ -15,7 +15,7 @@ from mai.errors import MaiError
 from mai.serve import protocol as p
 from mai.serve.engine import Engine, Output, SamplingParams, TokenLogprob
 from mai.serve.handoff import Job, Submitted, outputs_of
-from mai.tokenizer import IM_END, Tokenizer
+from mai.tokenizer import Tokenizer
 
 
 class OpenAIServing:
@@ -54,12 +54,10 @@ class OpenAIServing:
         """n jobs over the conversation."""
         self.check_model(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        ids = self.tokenizer.encode(self.tokenizer.render_chat(messages))
+        ids = self.tokenizer.encode_chat(messages)
         check_prompt(ids, self.engine.max_context, self.vocab_size, False)
         check_logit_bias(body.logit_bias, self.vocab_size)
-        stop_ids = tuple(
-            i for i in (self.tokenizer.eos_id, self.tokenizer.backend.token_to_id(IM_END)) if i is not None
-        )
+        stop_ids = self.tokenizer.end_of_turn_ids
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         context = self.engine.max_context

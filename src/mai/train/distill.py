@@ -31,7 +31,7 @@ from mai.run import RunDir, atomic_write_json
 from mai.run_files import SynthRecord, decode_logprobs
 from mai.tokenizer import Tokenizer
 from mai.train.batches import ShuffledOrder, WindowSampler
-from mai.train.loop import train
+from mai.train.loop import NextToken, train
 from mai.train.objectives import cross_entropy, divergence, masked_mean
 
 CACHE_CHUNK = 8  # windows per teacher forward while the cache is built, and per progress record
@@ -221,14 +221,15 @@ class SynthSampler(ShuffledOrder):
         return inputs, targets, (ids, values, mask)
 
 
-class Distillation:
-    """The objective `train` runs for `mai distill`: its sampler and its loss."""
+class Distillation(NextToken):
+    """The objective `train` runs for `mai distill`: pretraining's data and validation, with the
+    teacher's part in every batch and the divergence to it in the loss."""
 
     def __init__(self, run: RunDir, config: RunConfig, tokenizer: Tokenizer, device, precision):
+        super().__init__(run, config, tokenizer, device, precision)
         self.run, self.config, self.tokenizer = run, config, tokenizer
-        self.settings: DistillConfig = config.distill
-        self.device, self.precision = device, precision
-        if not self.settings.teacher:
+        self.distill: DistillConfig = config.distill
+        if not self.distill.teacher:
             raise MaiError(
                 'set distill.teacher: a teacher run directory, transformers directory or .gguf file, or "synth"',
                 parameter="distill.teacher",
@@ -241,8 +242,8 @@ class Distillation:
                 parameter="model.vocab_size",
             )
 
-    def sampler(self, train_tokens: np.ndarray):
-        dc, tc = self.settings, self.config.train
+    def sampler(self):
+        dc, tc, train_tokens = self.distill, self.settings, self.train_tokens
         if dc.teacher == "synth":
             return SynthSampler(synth_rows(self.run, self.tokenizer, tc.seq_len, self.config.synth.model), tc)
         teacher = load_teacher(dc.teacher, self.tokenizer, self.device)
@@ -254,7 +255,7 @@ class Distillation:
         return CachedTeacherSampler(train_tokens, tc, cache)
 
     def loss(self, model, inputs, targets, teacher, device, precision) -> torch.Tensor:
-        dc = self.settings
+        dc = self.distill
         ids, values, mask = teacher
         with autocast(device, precision):
             logits = model(inputs.to(device))

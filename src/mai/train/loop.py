@@ -6,7 +6,6 @@ continues from exactly: same batches, same RNG, same optimizer state, bit-identi
 """
 
 import contextlib
-import functools
 import math
 import time
 
@@ -25,6 +24,7 @@ from mai.model.transformer import build_model
 from mai.precision import autocast, default_device, resolve_precision
 from mai.run import RunDir, append_metrics, read_metrics, truncate_metrics
 from mai.run_files import MetricsRecord
+from mai.tokenizer import Tokenizer
 from mai.train import parallel
 from mai.train.batches import WindowSampler
 from mai.train.checkpoint import load_checkpoint, save_checkpoint
@@ -89,9 +89,8 @@ def _summed_loss(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def validation_loss(model, val_tokens, token_bytes: torch.Tensor, config: RunConfig, device, precision) -> dict:
+def validation_loss(model, val_tokens, token_bytes: torch.Tensor, tc, device, precision) -> dict:
     """Validation loss and bits per byte over the fixed leading validation windows."""
-    tc = config.train
     model.eval()
     result = bits_per_byte(
         model,
@@ -103,12 +102,44 @@ def validation_loss(model, val_tokens, token_bytes: torch.Tensor, config: RunCon
     return {"val_loss": result["val_loss"], "val_bpb": result["val_bpb"]}
 
 
+class NextToken:
+    """Pretraining's objective: next-token cross-entropy over windows of the run's token shards,
+    validated in bits per byte on its validation shards.
+
+    An objective is what `train` runs: `settings` (the [train] schedule, batch and cadence it
+    uses), `init_weights(model)` after the seeded init, `sampler()` (the batches, resumable),
+    `loss(model, *batch, device, precision)` and `validate(model)` (val_loss and val_bpb).
+    """
+
+    def __init__(self, run: RunDir, config: RunConfig, tokenizer: Tokenizer, device, precision, layout=None):
+        self.settings, self.device, self.precision, self.layout = config.train, device, precision, layout
+        check_tokenizer_matches(run, run.read_manifest().tokenizer_sha256, "the data shards were tokenized with")
+        self.train_tokens, self.val_tokens = run.read_tokens("train"), run.read_tokens("val")
+        check_validation_tokens(self.val_tokens, self.settings.seq_len)
+        padding = [0] * (config.model.vocab_size - tokenizer.vocab_size)
+        self.token_bytes = torch.tensor(tokenizer.token_bytes() + padding, device=device)
+
+    def init_weights(self, model) -> None:
+        """Pretraining starts from the seeded init."""
+
+    def sampler(self):
+        tc = self.settings
+        dp = (self.layout.dp_rank, self.layout.dp_size) if self.layout is not None else (0, 1)
+        return WindowSampler(self.train_tokens, tc.seq_len, tc.batch_size, tc.seed, *dp)
+
+    def loss(self, model, inputs, targets, device, precision) -> torch.Tensor:
+        return loss_fn(model, inputs, targets, device, precision, self.settings.loss_chunk)
+
+    def validate(self, model) -> dict:
+        return validation_loss(model, self.val_tokens, self.token_bytes, self.settings, self.device, self.precision)
+
+
 def train_step(
     model, compute_loss, optimizer, scheduler, sampler, tc, device, precision, layout=None
 ) -> tuple[float, float, float]:
     """One optimizer step over grad_accum micro-batches; returns (loss, gradient norm, lr used).
 
-    A batch is (inputs, targets) and, for distillation, what the objective adds (the teacher's part).
+    A batch is (inputs, targets) and what the objective adds (distillation's teacher part, SFT's positions).
     Under FSDP2 only the last micro-batch reduces gradients across ranks; the loss is the mean over ranks.
     """
     loss = 0.0
@@ -137,8 +168,8 @@ def train(
 
     A `config` differing from config.toml (new overrides) replaces it once every input has been
     checked, so a rejected run leaves the directory as it was. `objective(run, config, tokenizer,
-    device, precision)` makes another objective than next-token cross-entropy (train/distill.py):
-    an object whose `sampler(train_tokens)` gives the batches and whose `loss` scores them.
+    device, precision)` makes another objective than pretraining's NextToken: distillation
+    (train/distill.py) or fine-tuning on conversations (train/sft.py).
 
     Under torchrun every process calls it: config.parallel lays them out (train/parallel.py), each
     reads its share of every batch, and rank 0 alone writes metrics, config and checkpoint metadata.
@@ -154,7 +185,7 @@ def train(
     if layout is None:
         return _train(run, config, checkpoint, resume, device, objective, None)
     if objective is not None:
-        raise MaiError("mai distill runs in one process for now; start it without torchrun")
+        raise MaiError("mai distill and mai sft run in one process for now; start them without torchrun")
     try:
         return _train(run, config, checkpoint, resume, layout.device, objective, layout)
     finally:
@@ -162,35 +193,28 @@ def train(
 
 
 def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, objective, layout) -> MetricsRecord:
-    tc = config.train
     main = layout is None or layout.is_main
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    precision = resolve_precision(config.train.precision, device)
+    tokenizer = load_tokenizer(run, config.model.vocab_size)
+    if objective is None:
+        made = NextToken(run, config, tokenizer, device, precision, layout)
+    else:
+        made = objective(run, config, tokenizer, device, precision)
+    tc = made.settings
     if layout is not None:
         parallel.check_divisible(config.model, layout, tc.batch_size)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    precision = resolve_precision(tc.precision, device)
-    tokenizer = load_tokenizer(run, config.model.vocab_size)
-    check_tokenizer_matches(run, run.read_manifest().tokenizer_sha256, "the data shards were tokenized with")
-    train_tokens, val_tokens = run.read_tokens("train"), run.read_tokens("val")
-    token_bytes = torch.tensor(
-        tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size), device=device
-    )
 
     torch.manual_seed(tc.seed)
     if layout is None:
         model = build_model(config.model, seed=tc.seed, device=device)
     else:
         model = parallel.build_parallel_model(config.model, layout, config.parallel, precision, tc.compile, tc.seed)
+    made.init_weights(model)
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
-    check_validation_tokens(val_tokens, tc.seq_len)
-    if objective is None:
-        dp = (layout.dp_rank, layout.dp_size) if layout is not None else (0, 1)
-        sampler = WindowSampler(train_tokens, tc.seq_len, tc.batch_size, tc.seed, *dp)
-        compute_loss = functools.partial(loss_fn, chunk=tc.loss_chunk) if tc.loss_chunk else loss_fn
-    else:
-        made = objective(run, config, tokenizer, device, precision)
-        sampler, compute_loss = made.sampler(train_tokens), made.loss
+    sampler, compute_loss = made.sampler(), made.loss
     start_step = 0
     if checkpoint is not None:
         meta = load_checkpoint(checkpoint, model, optimizer, scheduler, config, layout)
@@ -217,7 +241,7 @@ def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, obj
         return (read_metrics(run) or [MetricsRecord(step=start_step)])[-1]
     record = None
     if start_step == 0:
-        record = MetricsRecord(step=0, **validation_loss(model, val_tokens, token_bytes, config, device, precision))
+        record = MetricsRecord(step=0, **made.validate(model))
     # Only now, with every input checked and the first evaluation done, does the run change.
     if main:
         if config != run.read_config():
@@ -251,7 +275,7 @@ def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, obj
                 tokens_per_s = window_tokens / (time.perf_counter() - window_start)
                 validation = {}
                 if step % tc.eval_every == 0 or step == tc.steps:
-                    validation = validation_loss(model, val_tokens, token_bytes, config, device, precision)
+                    validation = made.validate(model)
                     if main:
                         progress.console.print(
                             f"step {step}/{tc.steps}: loss {loss:.4f}, val_loss {validation['val_loss']:.4f}, "
