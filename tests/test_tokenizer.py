@@ -59,7 +59,7 @@ def test_transformers_loads_it_with_the_same_ids_and_bos(tokenizer, tmp_path):
         assert hf.decode(tokenizer.encode(text), skip_special_tokens=True) == text
     assert hf.bos_token == BOS
     chat = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
-    assert chat == f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n"
+    assert chat == f"{BOS}{IM_START}user\nhi{IM_END}\n{IM_START}assistant\n"
     assert reloaded.chat_template == CHAT_TEMPLATE
 
 

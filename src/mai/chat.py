@@ -37,30 +37,30 @@ class Chat:
     turns: list[dict[str, str]] = field(default_factory=list)
 
     def messages(self) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.turns
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
 
     def prompt_ids(self) -> tuple[list[int], int]:
         """The conversation's ids with the assistant's turn opened, after dropping the oldest exchanges
-        until they leave max_tokens of room in the context; (ids, turns dropped)."""
+        until they leave max_tokens of room in the context; (ids, turns dropped). A last message that
+        does not fit even alone is taken back, and the conversation kept as it was."""
         context = self.model.config.max_seq_len
-        dropped = 0
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        turns = list(self.turns)
         while True:
-            ids = self.tokenizer.encode_chat(self.messages())
-            if len(ids) + self.max_tokens <= context or len(self.turns) <= 1:
+            ids = self.tokenizer.encode_chat(head + turns)
+            if len(ids) + self.max_tokens <= context or len(turns) <= 1:
                 break
-            self.turns.pop(0)
-            dropped += 1
-            while self.turns and self.turns[0]["role"] != "user":  # a conversation starts with the user
-                self.turns.pop(0)
-                dropped += 1
-        room = context - len(ids)
-        if room <= 0:
+            turns.pop(0)
+            while turns[0]["role"] != "user":  # a conversation goes on from one of the user's turns
+                turns.pop(0)
+        if len(ids) >= context:
             self.turns.pop()
             raise MaiError(
                 f"this message makes the conversation {len(ids)} tokens, and the model's context is {context}: "
-                "shorten it, or /reset a long system prompt"
+                "shorten it"
             )
+        dropped = len(self.turns) - len(turns)
+        self.turns[:] = turns
         return ids, dropped
 
     def answer(self, text: str, write) -> None:

@@ -3,7 +3,7 @@ data pipeline's step table (`mai data prepare`, `mai data stats`)."""
 
 from mai.config import config_to_toml
 from mai.run import RunDir, atomic_write_text, read_json, read_metrics
-from mai.run_files import EvalRecord, Manifest, MetricsRecord, PipelineStep, Samples
+from mai.run_files import EvalRecord, Manifest, MetricsRecord, PipelineStep, Samples, SftRecord
 
 PLOTS = {  # file → (title, y label, metric keys)
     "loss.png": ("Loss", "nats / token", ("loss", "val_loss")),
@@ -30,6 +30,9 @@ def write_report(run: RunDir) -> str:
         evaluation = read_json(run.eval_path, EvalRecord)
         plot_eval(evaluation, run.path / "eval.png")
         sections.append(_eval_section(evaluation))
+    for path, where in ((run.sft_path, None), (RunDir(run.sft_dir).sft_path, "sft")):
+        if path.is_file():  # a fine-tuned run, or a run whose model was fine-tuned into its sft/ folder
+            sections.append(_sft_section(read_json(path, SftRecord), where))
     sections.append(f"## Config\n\n```toml\n{config_to_toml(config)}```")
     text = "\n\n".join(sections) + "\n"
     atomic_write_text(run.report_path, text)
@@ -183,3 +186,30 @@ def _samples_section(samples: Samples) -> str:
     for sample in samples.samples:
         parts.append(f"**{sample.prompt}**\n\n```text\n{sample.text}\n```")
     return "\n\n".join(parts)
+
+
+def _sft_section(record: SftRecord, folder: str | None) -> str:
+    """Before and after fine-tuning on conversations, on the held-out ones; `folder`: where the
+    fine-tuned run is, when it is not this one."""
+    before, after = record.before, record.after
+    where = f" into [{folder}/]({folder}/report.md)" if folder else ""
+    lines = [
+        "## Chat fine-tuning",
+        "",
+        f"`mai sft` fine-tuned `{record.base}`{where} ({record.checkpoint}); on {len(before.texts)} held-out "
+        "conversations, answered greedily:",
+        "",
+        "| | base | fine-tuned |",
+        "|---|---:|---:|",
+        f"| held-out loss per assistant token | {record.base_val_loss:.3f} | {record.val_loss:.3f} |",
+        f"| answers ending with the end-of-turn token | {before.end_of_turn_rate:.0%} | {after.end_of_turn_rate:.0%} |",
+    ]
+    for exchange in record.exchanges:
+        lines += ["", f"**user:** {exchange.prompt}", "", "| base | fine-tuned |", "|---|---|"]
+        lines.append(f"| {_cell(exchange.before)} | {_cell(exchange.after)} |")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text as one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|") or "(nothing)"

@@ -156,8 +156,12 @@ class Tokenizer:
         written = self.render_chat(messages[: i + 1], add_generation_prompt=False)
         if not (written.startswith(opened) and text.startswith(written)):
             raise MaiError(
-                "this chat template does not render a conversation as its turns one after another (turn "
-                f"{i + 1} changes what comes before it), so the assistant's tokens cannot be found; use mai's template"
+                "this chat template does not render a conversation as its turns one after another "
+                f"(messages[{i}] changes what comes before it), so the assistant's tokens cannot be found"
+            )
+        if written == opened:
+            raise MaiError(
+                f"this chat template renders nothing for messages[{i}], an assistant turn: no tokens to learn"
             )
         markers = [self.backend.id_to_token(t) for t in self.end_of_turn_ids]
         ends = [written.rfind(m) + len(m) for m in markers if written.rfind(m) >= len(opened)]

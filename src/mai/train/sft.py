@@ -31,7 +31,7 @@ from mai.model.decode import generate
 from mai.precision import autocast
 from mai.run import RunDir, make_directory, read_json, read_metrics, write_json
 from mai.run_files import SftAnswers, SftExchange, SftRecord
-from mai.tokenizer import Tokenizer
+from mai.tokenizer import PAD, Tokenizer
 from mai.train.batches import ShuffledOrder
 from mai.train.loop import train
 
@@ -144,7 +144,12 @@ class FineTuning:
         folder = conversations_dir(run)
         self.train_conversations, cut = tokenize(read_conversations(folder / "train.jsonl"), tokenizer, tc.seq_len + 1)
         self.held_out, _ = tokenize(read_conversations(folder / "held_out.jsonl"), tokenizer, tc.seq_len + 1)
-        pad = tokenizer.backend.token_to_id("<|pad|>")
+        if not self.held_out:
+            raise MaiError(
+                f"no held-out conversation has an assistant token within sft.seq_len {tc.seq_len}; raise it",
+                parameter="sft.seq_len",
+            )
+        pad = tokenizer.backend.token_to_id(PAD)
         self.pad_id = pad if pad is not None else (tokenizer.eos_id or 0)
         self.batches = ConversationSampler(self.train_conversations, tc, sc.packing, self.pad_id)
         self.token_bytes = torch.tensor(

@@ -1,0 +1,114 @@
+"""`mai sft`: packed rows that keep conversations apart, bad conversation lines, a fine-tuning run
+end to end with its exact resumption, and the `mai run` stage."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_run, run_mai
+from mai.config import load_config
+from mai.model.transformer import build_model
+from mai.run import RunDir, read_json
+from mai.run_files import SftRecord
+from mai.stages import sft_done
+from mai.train.sft import Conversation, pack_rows, row_batch
+
+SFT = [
+    'sft.data=["shakespeare-dialogues"]',
+    "sft.held_out=8",
+    "sft.steps=8",
+    "sft.batch_size=4",
+    "sft.seq_len=128",
+    "sft.warmup_steps=2",
+    "sft.eval_every=4",
+    "sft.checkpoint_every=4",
+    "sft.answer_tokens=8",
+]
+
+
+def conversation(length: int, seed: int) -> Conversation:
+    ids = np.random.default_rng(seed).integers(0, 97, length)
+    return Conversation(ids, np.arange(length) >= length // 2)
+
+
+def test_a_tokens_logits_do_not_change_when_the_other_conversations_in_its_pack_change():
+    config = load_config("tiny", ["model.d_model=64", "model.n_layers=2", "model.vocab_size=97"]).model
+    model = build_model(config, seed=3).eval()
+    target = conversation(11, 0)
+    others = [conversation(7, 1), conversation(13, 2), conversation(5, 3)]
+    conversations = [target, *others]
+    # the target alone (then padding), after one other conversation, before two others
+    rows = [[0], [1, 0], [0, 2, 3]]
+    inputs, targets, positions = row_batch(conversations, rows, 31, pad_id=0)
+    with torch.no_grad():
+        logits = model(inputs, positions)
+    alone, after, before = logits[0, :11], logits[1, 7:18], logits[2, :11]
+    torch.testing.assert_close(after, alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(before, alone, atol=1e-5, rtol=0)
+    with torch.no_grad():  # without the positions the rows are one sequence each, and the others do leak in
+        leaked = model(inputs)[1, 7:18]
+    assert (leaked - alone).abs().max() > 1e-3
+    # only the assistant's next tokens are targets; the padding and the other conversations' turns are not
+    assert targets[0, :10].tolist() == [t if m else -100 for t, m in zip(target.ids[1:], target.mask[1:], strict=True)]
+    assert (targets[0, 10:] == -100).all()
+
+
+def test_packing_fits_whole_conversations_into_rows_and_padding_gives_each_its_own():
+    conversations = [conversation(n, i) for i, n in enumerate([40, 70, 20, 60, 30, 90])]
+    packed = pack_rows(conversations, 129, packing=True, seed=0)
+    assert sorted(i for row in packed for i in row) == list(range(6))
+    assert all(sum(len(conversations[i].ids) for i in row) <= 129 for row in packed)
+    assert len(packed) == 3
+    assert sorted(map(len, pack_rows(conversations, 129, packing=False, seed=0))) == [1] * 6
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "line 2: not JSON"),
+        ('{"conversation": []}', 'line 2: expected an object with a "messages" field'),
+        ('{"messages": [{"role": "bot", "content": "hi"}]}', "line 2: messages[0].role is 'bot'"),
+        ('{"messages": [{"role": "user", "content": 3}]}', "line 2: messages[0].content must be a string"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "line 2: messages has no assistant turn"),
+        (b'{"messages": "\xff"}', "line 2: not UTF-8 text"),
+    ],
+)
+def test_a_bad_conversation_line_is_a_one_line_error_naming_file_line_and_field(trained_run, tmp_path, line, message):
+    run = copy_run(trained_run, tmp_path / "run")
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    data = tmp_path / "chats.jsonl"
+    data.write_bytes(good.encode() + b"\n" + (line if isinstance(line, bytes) else line.encode()) + b"\n")
+    result = run_mai("sft", str(run.path), "--set", f'sft.data=["{data}"]', check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {data} {message}" + result.stderr.split(message, 1)[1]
+    assert len(result.stderr.splitlines()) == 1
+    assert not run.sft_dir.exists()
+
+
+def test_mai_sft_fine_tunes_into_run_sft_and_resumes_exactly(trained_run, tmp_path):
+    run = copy_run(trained_run, tmp_path / "run")
+    overrides = [arg for o in SFT for arg in ("--set", o)]
+    result = run_mai("sft", str(run.path), *overrides)
+    record = read_json(run.sft_dir / "sft.json", SftRecord)
+    assert record.val_loss < record.base_val_loss  # held-out loss per assistant token falls
+    assert len(record.before.texts) == len(record.after.texts) == 8 and len(record.exchanges) == 3
+    assert f"answers ending with the end-of-turn token {record.before.end_of_turn_rate:.0%} → " in result.stdout
+    out = RunDir(run.sft_dir)
+    config = out.read_config()
+    assert config.sft.init_from == str(run.path) and config.model == run.read_config().model
+    assert (out.path / "conversations" / "held_out.jsonl").read_text().count("\n") == 8
+    report = (out.path / "report.md").read_text()
+    assert "## Chat fine-tuning" in report and record.exchanges[0].prompt in report
+    assert sft_done(run, run.read_config().model_copy(update={"sft": config.sft})) is not None
+
+    # killed after step 4: the resumed run reaches step 8's weights bit for bit
+    resumed = copy_run(run, tmp_path / "resumed")
+    sft = RunDir(resumed.sft_dir)
+    shutil.rmtree(sft.checkpoint_dir(8))
+    (sft.checkpoints_dir / "latest").write_text("step_0000004\n")
+    run_mai("sft", str(resumed.path), "--resume", *overrides)
+    final = (out.checkpoint_dir(8) / "model.safetensors").read_bytes()
+    assert (sft.checkpoint_dir(8) / "model.safetensors").read_bytes() == final
