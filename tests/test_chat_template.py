@@ -23,7 +23,6 @@ def tokenizer(prepared_run) -> Tokenizer:
 @pytest.fixture(scope="module")
 def smollm2_tokenizer() -> Tokenizer:
     from conftest import smollm2_dir
-
     from mai.loading import gguf_fields, gguf_reader, gguf_tokenizer
 
     path = next(smollm2_dir().glob("*.gguf"))

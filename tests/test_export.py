@@ -59,11 +59,14 @@ def test_import_refuses_to_overwrite_a_run(exported, trained_run):
     assert result.returncode == 2 and "already holds a run" in result.stderr
 
 
-def test_run_commands_on_an_export_point_to_the_commands_that_take_it(exported):
-    result = run_mai("generate", str(exported), "--prompt", "x", check=False)
+def test_run_commands_on_an_export_point_to_the_commands_that_take_it(exported, trained_run):
+    result = run_mai("train", str(exported), check=False)
     assert (
         result.returncode == 2 and "is a transformers checkpoint" in result.stderr and "mai import hf" in result.stderr
     )
+    greedy = ["--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "12"]
+    from_export = run_mai("generate", str(exported), *greedy)  # generate and chat take an export as it is
+    assert from_export.stdout == run_mai("generate", str(trained_run.path), *greedy).stdout
 
 
 def test_export_refuses_to_overwrite_anything(trained_run, tmp_path):

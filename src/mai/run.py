@@ -187,7 +187,8 @@ class RunDir:
                 )
             if (self.path / "config.json").is_file():
                 raise MaiError(
-                    f"{self.path} is a transformers checkpoint, not a run directory: `mai serve` and `mai eval` "
+                    f"{self.path} is a transformers checkpoint, not a run directory: `mai serve`, `mai eval`, "
+                    "`mai generate` and `mai chat` "
                     f"take it as it is, and `mai import hf {self.path} RUN` makes a run directory of it"
                 )
             raise MaiError(f"{self.path} is not a run directory (no config.toml); create one with `mai init`")
