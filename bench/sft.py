@@ -4,10 +4,11 @@ Both arms train the tiny preset's model (compiled, bf16 autocast where native, a
 on the same Shakespeare dialogues rendered by one tokenizer, with mai's masked loss, AdamW and
 batch shape (8 rows of 257 tokens). They differ only in what a row holds:
   packed   whole conversations, first fit; attention kept within each (a block-diagonal mask)
-  padded   one conversation, then padding (the peer: TRL's default collator pads each
-           conversation to the longest in its batch; padding to the row is mai's padded mode)
+  padded   one conversation, then padding to the row (mai's sft.packing = false)
+  longest  one conversation per row, padded to the longest in its batch (the peer: TRL's default
+           collator); shapes change from batch to batch, so it compiles with dynamic shapes
 A useful token is one of a conversation (not padding); supervised tokens (the assistant's) are
-reported too. The ratio is packed ÷ padded useful tokens/s (no goal: the issue asks which is faster).
+reported too. The ratio is packed ÷ longest useful tokens/s (no goal: the issue asks which is faster).
 
     python bench/sft.py [--rounds 3] [--steps 6]
 """
@@ -38,10 +39,10 @@ def conversations():
     return tokenized
 
 
-def arm(packing: bool, tokenized, steps: int, precision: str):
+def arm(packing: bool, tokenized, steps: int, precision: str, to_longest: bool = False):
     model = build_model(CONFIG.model, seed=0)
     optimizer = build_optimizer(model, SETTINGS)
-    compute_loss = torch.compile(masked_loss)
+    compute_loss = torch.compile(masked_loss, dynamic=to_longest)
     sampler = ConversationSampler(tokenized, SETTINGS, packing, pad_id=3)
     counts = {"useful": 0, "supervised": 0}
 
@@ -49,6 +50,9 @@ def arm(packing: bool, tokenized, steps: int, precision: str):
         """One AdamW step; (useful tokens, supervised tokens) in its batch."""
         rows = [sampler.rows[i] for i in sampler.next_indices()]
         inputs, targets, positions = row_batch(tokenized, rows, SETTINGS.seq_len, sampler.pad_id)
+        if to_longest:
+            longest = min(max(len(tokenized[row[0]].ids) for row in rows), SETTINGS.seq_len)
+            inputs, targets, positions = inputs[:, :longest], targets[:, :longest], positions[:, :longest]
         loss = compute_loss(model, inputs, targets, positions, CPU, precision)
         loss.backward()
         optimizer.step()
@@ -58,7 +62,8 @@ def arm(packing: bool, tokenized, steps: int, precision: str):
         return useful, int((targets != -100).sum())
 
     def run(round_index: int) -> float:
-        step()  # warm-up (compiles in the first round)
+        for _ in range(3):  # warm-up: compiles in the first round (dynamic shapes after a second length)
+            step()
         useful = supervised = 0
         start = time.perf_counter()
         for _ in range(steps):
@@ -81,7 +86,8 @@ def main():
     tokenized = conversations()
     packed, packed_counts, packed_sampler = arm(True, tokenized, args.steps, precision)
     padded, padded_counts, padded_sampler = arm(False, tokenized, args.steps, precision)
-    supervised = {"packed": [], "padded": []}
+    longest, longest_counts, _ = arm(False, tokenized, args.steps, precision, to_longest=True)
+    supervised = {"packed": [], "padded": [], "longest": []}
 
     def with_supervised(name, run, counts):
         def timed(r):
@@ -91,18 +97,13 @@ def main():
 
         return timed
 
-    result = interleaved(
-        {
-            "packed": with_supervised("packed", packed, packed_counts),
-            "padded": with_supervised("padded", padded, padded_counts),
-        },
-        args.rounds,
-        "sft",
-    )
-    ratio = ratios(result["packed"]["rounds"], result["padded"]["rounds"])
+    arms = {"packed": (packed, packed_counts), "padded": (padded, padded_counts), "longest": (longest, longest_counts)}
+    result = interleaved({name: with_supervised(name, *made) for name, made in arms.items()}, args.rounds, "sft")
+    ratio = ratios(result["packed"]["rounds"], result["longest"]["rounds"])
     print(
         f"useful tokens/s: packed {result['packed']['median']:,.0f} ({packed_sampler.fill:.0%} of row positions), "
-        f"padded {result['padded']['median']:,.0f} ({padded_sampler.fill:.0%}); ratio {ratio['median']:.2f}×"
+        f"padded to the row {result['padded']['median']:,.0f} ({padded_sampler.fill:.0%}), padded to the batch's "
+        f"longest {result['longest']['median']:,.0f}; packed ÷ longest {ratio['median']:.2f}×"
     )
     path = write_result(
         "sft",
@@ -113,11 +114,15 @@ def main():
                 "packed_supervised_tokens_per_s": supervised["packed"],
                 "packed_fill": packed_sampler.fill,
             },
+            "padded_to_the_row": {
+                "useful_tokens_per_s": result["padded"],
+                "supervised_tokens_per_s": supervised["padded"],
+                "fill": padded_sampler.fill,
+            },
             "peer": {
-                "name": "padding, one conversation per row",
-                "padded_useful_tokens_per_s": result["padded"],
-                "padded_supervised_tokens_per_s": supervised["padded"],
-                "padded_fill": padded_sampler.fill,
+                "name": "one conversation per row, padded to the longest in its batch (TRL's default collator)",
+                "useful_tokens_per_s": result["longest"],
+                "supervised_tokens_per_s": supervised["longest"],
             },
             "rounds": result["rounds"],
             "ratio": ratio["median"],
