@@ -124,3 +124,16 @@ def test_transformers_apply_chat_template_on_the_export_gives_our_ids(trained_ru
             assert theirs == ours.encode_chat(messages, add_generation_prompt)
     ids, _ = ours.render_for_training([SYSTEM, *CONVERSATION])
     assert ids == ours.encode_chat([SYSTEM, *CONVERSATION], add_generation_prompt=False)
+
+
+def test_a_run_saved_with_the_template_before_bos_still_starts_its_chats_with_it(prepared_run, tmp_path):
+    import json
+    import shutil
+
+    from mai.tokenizer import CHAT_TEMPLATE, CHAT_TEMPLATE_BEFORE_BOS
+
+    shutil.copy(prepared_run.tokenizer_path, tmp_path / "tokenizer.json")
+    config = json.loads((prepared_run.path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config | {"chat_template": CHAT_TEMPLATE_BEFORE_BOS}))
+    old = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert old.chat_template == CHAT_TEMPLATE and old.encode_chat(CONVERSATION[:1])[0] == old.bos_id

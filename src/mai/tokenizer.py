@@ -43,6 +43,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# The template runs made before it wrote the document token itself (their tokenizer_config.json holds
+# it): read as CHAT_TEMPLATE, their chat prompts keep the <|endoftext|> that encode() used to prepend.
+CHAT_TEMPLATE_BEFORE_BOS = CHAT_TEMPLATE.removeprefix("{{ bos_token }}")
+
 
 class Tokenizer:
     """A thin wrapper over a `tokenizers.Tokenizer` that knows the project's special tokens."""
@@ -74,7 +78,7 @@ class Tokenizer:
             backend,
             _token_text(config.get("bos_token")),
             _token_text(config.get("eos_token")),
-            config.get("chat_template") or CHAT_TEMPLATE,
+            _current_template(config.get("chat_template")),
         )
 
     def hf_config(self) -> dict:
@@ -346,6 +350,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_corpus: bool = 
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, backend.token_to_id(BOS))]
     )
     return Tokenizer(backend)
+
+
+def _current_template(template: str | None) -> str:
+    return CHAT_TEMPLATE if template in (None, "", CHAT_TEMPLATE_BEFORE_BOS) else template
 
 
 def _template_error(message: str):

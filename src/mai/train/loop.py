@@ -107,7 +107,8 @@ class NextToken:
     validated in bits per byte on its validation shards.
 
     An objective is what `train` runs: `settings` (the [train] schedule, batch and cadence it
-    uses), `init_weights(model)` after the seeded init, `sampler()` (the batches, resumable),
+    uses), `init_weights(model)` after the seeded init of a run that starts from step 0, `sampler()`
+    (the batches, resumable),
     `loss(model, *batch, device, precision)` and `validate(model)` (val_loss and val_bpb).
     """
 
@@ -211,7 +212,8 @@ def _train(run: RunDir, config: RunConfig, checkpoint, resume: bool, device, obj
         model = build_model(config.model, seed=tc.seed, device=device)
     else:
         model = parallel.build_parallel_model(config.model, layout, config.parallel, precision, tc.compile, tc.seed)
-    made.init_weights(model)
+    if checkpoint is None:
+        made.init_weights(model)  # a checkpoint's weights replace them otherwise
     optimizer = build_optimizer(model, tc)
     scheduler = build_scheduler(optimizer, tc)
     sampler, compute_loss = made.sampler(), made.loss
