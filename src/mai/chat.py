@@ -41,14 +41,16 @@ class Chat:
 
     def prompt_ids(self) -> tuple[list[int], int]:
         """The conversation's ids with the assistant's turn opened, after dropping the oldest exchanges
-        until they leave max_tokens of room in the context; (ids, turns dropped). A last message that
+        until they leave room for an answer: max_tokens, or a quarter of the context if less (a small
+        model's context would otherwise hold no history); (ids, turns dropped). A last message that
         does not fit even alone is taken back, and the conversation kept as it was."""
         context = self.model.config.max_seq_len
+        room = min(self.max_tokens, context // 4)
         head = [{"role": "system", "content": self.system}] if self.system else []
         turns = list(self.turns)
         while True:
             ids = self.tokenizer.encode_chat(head + turns)
-            if len(ids) + self.max_tokens <= context or len(turns) <= 1:
+            if len(ids) + room <= context or len(turns) <= 1:
                 break
             turns.pop(0)
             while turns[0]["role"] != "user":  # a conversation goes on from one of the user's turns
