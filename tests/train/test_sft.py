@@ -87,3 +87,16 @@ def test_mai_sft_fine_tunes_into_run_sft_and_resumes_exactly(trained_run, tmp_pa
     run_mai("sft", str(resumed.path), "--resume", *overrides)
     final = (out.checkpoint_dir(8) / "model.safetensors").read_bytes()
     assert (sft.checkpoint_dir(8) / "model.safetensors").read_bytes() == final
+
+
+def test_sft_init_from_fine_tunes_a_transformers_checkpoint_from_any_run_directory(trained_run, tmp_path):
+    run_mai("export", "hf", str(trained_run.path), str(tmp_path / "hf"))
+    run_mai("init", str(tmp_path / "run"), "--set", "model.n_layers=1")  # its own model shapes do not matter
+    overrides = [*SFT, "sft.steps=2", "sft.warmup_steps=0", f'sft.init_from="{tmp_path / "hf"}"']
+    run_mai("sft", str(tmp_path / "run"), *(arg for o in overrides for arg in ("--set", o)))
+    out = RunDir(tmp_path / "run" / "sft")
+    tuned, base = out.read_config().model, trained_run.read_config().model  # the checkpoint's shapes
+    assert tuned.model_dump(exclude={"ffn_dim"}) == base.model_dump(exclude={"ffn_dim"})
+    assert tuned.hidden_dim == base.hidden_dim  # spelled out by the import
+    assert read_json(out.sft_path, SftRecord).base == str(tmp_path / "hf")
+    assert (out.path / "tokenizer.json").read_text() == trained_run.tokenizer_path.read_text()
