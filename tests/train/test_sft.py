@@ -100,3 +100,18 @@ def test_sft_init_from_fine_tunes_a_transformers_checkpoint_from_any_run_directo
     assert tuned.hidden_dim == base.hidden_dim  # spelled out by the import
     assert read_json(out.sft_path, SftRecord).base == str(tmp_path / "hf")
     assert (out.path / "tokenizer.json").read_text() == trained_run.tokenizer_path.read_text()
+
+
+def test_a_long_conversation_ends_after_its_last_whole_assistant_turn_that_fits(prepared_run):
+    from mai.tokenizer import IM_END, Tokenizer
+    from mai.train.sft import tokenize
+
+    tokenizer = Tokenizer.load(prepared_run.tokenizer_path)
+    turns = [{"role": "user", "content": "Speak."}, {"role": "assistant", "content": "Ay."}]
+    long = [*turns, {"role": "user", "content": "More. " * 50}, {"role": "assistant", "content": "Nay. " * 50}]
+    whole = len(tokenizer.render_for_training(turns)[0])
+    (kept,), cut = tokenize([long], tokenizer, whole + 20)
+    assert cut == 1 and len(kept.ids) == whole - 1  # up to the first answer's end-of-turn token
+    assert tokenizer.decode(kept.ids[kept.mask].tolist()) == f"Ay.{IM_END}"
+    (kept,), _ = tokenize([[turns[0], {"role": "assistant", "content": "Nay. " * 80}]], tokenizer, 40)
+    assert len(kept.ids) == 40 and kept.mask[-1]  # no whole answer fits: cut, still learning its start

@@ -49,13 +49,16 @@ def read_conversations(path: Path) -> list[list[dict[str, str]]]:
 
 
 def tokenize(conversations: list, tokenizer: Tokenizer, row_tokens: int) -> tuple[list[Conversation], int]:
-    """Each conversation rendered for training and cut to row_tokens; (those with an assistant token
-    left, how many were cut)."""
+    """Each conversation rendered for training, cut to fit row_tokens; (those with an assistant token
+    left, how many were cut). A long conversation ends after its last assistant turn that fits
+    whole, so that the model still learns to stop; without one, it is cut at row_tokens."""
     out, cut = [], 0
     for messages in conversations:
         ids, mask = tokenizer.render_for_training(messages)
         if len(ids) > row_tokens:
-            ids, mask, cut = ids[:row_tokens], mask[:row_tokens], cut + 1
+            ends = [i + 1 for i in range(row_tokens) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
+            end = ends[-1] if ends else row_tokens
+            ids, mask, cut = ids[:end], mask[:end], cut + 1
         if any(mask[1:]):
             out.append(Conversation(np.array(ids, dtype=np.int64), np.array(mask, dtype=bool)))
     return out, cut
@@ -156,7 +159,7 @@ class FineTuning:
             tokenizer.token_bytes() + [0] * (config.model.vocab_size - tokenizer.vocab_size)
         )
         say(
-            f"sft: {len(self.train_conversations)} conversations ({cut} cut to {tc.seq_len + 1} tokens) in "
+            f"sft: {len(self.train_conversations)} conversations ({cut} longer than {tc.seq_len + 1} tokens, cut) in "
             f"{len(self.batches.rows)} rows, {self.batches.fill:.0%} filled; {len(self.held_out)} held out"
         )
 
