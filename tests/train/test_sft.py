@@ -1,12 +1,17 @@
-"""`mai sft`: packed rows that keep conversations apart, and a fine-tuning run end to end with its
-exact resumption and the `mai run` stage's completion check."""
+"""`mai sft`: packed rows that keep conversations apart, long conversations cut after a whole answer,
+a fine-tuning run end to end (from its own run or a transformers checkpoint), and a killed one
+resumed to the same weights."""
 
-import shutil
+import os
+import signal
+import subprocess
+import time
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import copy_run, run_mai
+from conftest import MAI, copy_run, run_mai
 from mai.config import load_config
 from mai.model.transformer import build_model
 from mai.run import RunDir, read_json
@@ -63,7 +68,7 @@ def test_packing_fits_whole_conversations_into_rows_and_padding_gives_each_its_o
     assert sorted(map(len, pack_rows(conversations, 129, packing=False, seed=0))) == [1] * 6
 
 
-def test_mai_sft_fine_tunes_into_run_sft_and_resumes_exactly(trained_run, tmp_path):
+def test_mai_sft_fine_tunes_into_run_sft(trained_run, tmp_path):
     run = copy_run(trained_run, tmp_path / "run")
     overrides = [arg for o in SFT for arg in ("--set", o)]
     result = run_mai("sft", str(run.path), *overrides)
@@ -78,15 +83,6 @@ def test_mai_sft_fine_tunes_into_run_sft_and_resumes_exactly(trained_run, tmp_pa
     report = (out.path / "report.md").read_text()
     assert "## Chat fine-tuning" in report and record.exchanges[0].prompt in report
     assert sft_done(run, run.read_config().model_copy(update={"sft": config.sft})) is not None
-
-    # killed after step 4: the resumed run reaches step 8's weights bit for bit
-    resumed = copy_run(run, tmp_path / "resumed")
-    sft = RunDir(resumed.sft_dir)
-    shutil.rmtree(sft.checkpoint_dir(8))
-    (sft.checkpoints_dir / "latest").write_text("step_0000004\n")
-    run_mai("sft", str(resumed.path), "--resume", *overrides)
-    final = (out.checkpoint_dir(8) / "model.safetensors").read_bytes()
-    assert (sft.checkpoint_dir(8) / "model.safetensors").read_bytes() == final
 
 
 def test_sft_init_from_fine_tunes_a_transformers_checkpoint_from_any_run_directory(trained_run, tmp_path):
@@ -115,3 +111,30 @@ def test_a_long_conversation_ends_after_its_last_whole_assistant_turn_that_fits(
     assert tokenizer.decode(kept.ids[kept.mask].tolist()) == f"Ay.{IM_END}"
     (kept,), _ = tokenize([[turns[0], {"role": "assistant", "content": "Nay. " * 80}]], tokenizer, 40)
     assert len(kept.ids) == 40 and kept.mask[-1]  # no whole answer fits: cut, still learning its start
+
+
+@pytest.mark.slow  # trains twice, one of them killed
+def test_a_killed_sft_resumes_to_the_uninterrupted_weights(trained_run, tmp_path):
+    overrides = [*SFT, "sft.steps=40", "sft.checkpoint_every=20", "sft.eval_every=20"]
+    args = [arg for o in overrides for arg in ("--set", o)]
+    reference = copy_run(trained_run, tmp_path / "reference")
+    run_mai("sft", str(reference.path), *args)
+
+    killed = copy_run(trained_run, tmp_path / "killed")
+    process = subprocess.Popen(
+        [MAI, "sft", str(killed.path), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    sft = RunDir(killed.sft_dir)
+    latest, deadline = sft.checkpoints_dir / "latest", time.time() + 300
+    while not (latest.exists() and "step_0000020" in latest.read_text()):
+        assert process.poll() is None and time.time() < deadline, "fine-tuning ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not sft.checkpoint_dir(40).exists() and not sft.sft_path.exists()
+
+    run_mai("sft", str(killed.path), "--resume", *args)
+    final = (RunDir(reference.sft_dir).checkpoint_dir(40) / "model.safetensors").read_bytes()
+    assert (sft.checkpoint_dir(40) / "model.safetensors").read_bytes() == final
+    ours, theirs = read_json(sft.sft_path, SftRecord), read_json(RunDir(reference.sft_dir).sft_path, SftRecord)
+    assert ours.model_dump(exclude={"base"}) == theirs.model_dump(exclude={"base"})
