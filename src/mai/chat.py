@@ -36,8 +36,10 @@ class Chat:
     system: str = ""
     turns: list[dict[str, str]] = field(default_factory=list)
 
-    def messages(self) -> list[dict[str, str]]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+    def messages(self, turns: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
+        """The system prompt, if any, then `turns` (default: the conversation's)."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + (self.turns if turns is None else turns)
 
     def prompt_ids(self) -> tuple[list[int], int]:
         """The conversation's ids with the assistant's turn opened, after dropping the oldest exchanges
@@ -46,10 +48,9 @@ class Chat:
         does not fit even alone is taken back, and the conversation kept as it was."""
         context = self.model.config.max_seq_len
         room = min(self.max_tokens, context // 4)
-        head = [{"role": "system", "content": self.system}] if self.system else []
         turns = list(self.turns)
         while True:
-            ids = self.tokenizer.encode_chat(head + turns)
+            ids = self.tokenizer.encode_chat(self.messages(turns))
             if len(ids) + room <= context or len(turns) <= 1:
                 break
             turns.pop(0)

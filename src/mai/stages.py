@@ -1,4 +1,5 @@
-"""`mai run`: every stage in order, skipping those whose outputs are complete, so a rerun resumes.
+"""`mai run`: every stage in order, skipping those whose outputs are complete, so a rerun resumes;
+and `mai sft`, which is both `mai run`'s sft stage and a command of its own.
 
 Each stage is a name, a `done` check that reads only the run directory (and says why the stage is
 complete, or None when it is not), and a `run` that does the work. Stages meet only in the run

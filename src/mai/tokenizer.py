@@ -43,8 +43,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-# The template runs made before it wrote the document token itself (their tokenizer_config.json holds
-# it): read as CHAT_TEMPLATE, their chat prompts keep the <|endoftext|> that encode() used to prepend.
+# The template runs and GGUF exports made before it wrote the document token itself hold: read as
+# CHAT_TEMPLATE, their chat prompts keep the <|endoftext|> that encode() used to prepend.
 CHAT_TEMPLATE_BEFORE_BOS = CHAT_TEMPLATE.removeprefix("{{ bos_token }}")
 
 
@@ -56,12 +56,12 @@ class Tokenizer:
         backend: HFTokenizer,
         bos_token: str | None = BOS,
         eos_token: str | None = None,
-        chat_template: str = CHAT_TEMPLATE,
+        chat_template: str | None = CHAT_TEMPLATE,
     ):
         self.backend = backend
         self.bos_token = bos_token
         self.eos_token = eos_token or bos_token
-        self.chat_template = chat_template
+        self.chat_template = _current_template(chat_template)
 
     @classmethod
     def load(cls, path: Path) -> "Tokenizer":
@@ -78,7 +78,7 @@ class Tokenizer:
             backend,
             _token_text(config.get("bos_token")),
             _token_text(config.get("eos_token")),
-            _current_template(config.get("chat_template")),
+            config.get("chat_template"),
         )
 
     def hf_config(self) -> dict:
@@ -150,8 +150,6 @@ class Tokenizer:
         spans = [self._assistant_span(messages, i, text) for i, m in enumerate(messages) if m["role"] == "assistant"]
         encoding = self.backend.encode(text, add_special_tokens=False)
         mask = [any(start < end and begin < stop for begin, end in spans) for start, stop in encoding.offsets]
-        if spans and not any(mask):
-            raise MaiError("the chat template rendered no assistant tokens for a conversation with an assistant turn")
         return encoding.ids, mask
 
     def _assistant_span(self, messages: list[dict[str, str]], i: int, text: str) -> tuple[int, int]:
@@ -163,7 +161,7 @@ class Tokenizer:
                 "this chat template does not render a conversation as its turns one after another "
                 f"(messages[{i}] changes what comes before it), so the assistant's tokens cannot be found"
             )
-        if written == opened:
+        if written == opened:  # the one way a turn's mask could be all zeros: each span holds its end-of-turn token
             raise MaiError(
                 f"this chat template renders nothing for messages[{i}], an assistant turn: no tokens to learn"
             )
@@ -241,7 +239,7 @@ class Tokenizer:
             backend.post_processor = processors.TemplateProcessing(
                 single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab.bos_id)]
             )
-        return cls(backend, bos, eos, vocab.chat_template or CHAT_TEMPLATE)
+        return cls(backend, bos, eos, vocab.chat_template)
 
     def text_stream(self) -> "TextStream":
         """A decoder for token ids that arrive one at a time (special tokens left out)."""
@@ -353,6 +351,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_corpus: bool = 
 
 
 def _current_template(template: str | None) -> str:
+    """A stored chat template as the tokenizer uses it: ours when there is none or it is our old one."""
     return CHAT_TEMPLATE if template in (None, "", CHAT_TEMPLATE_BEFORE_BOS) else template
 
 
